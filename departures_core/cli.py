@@ -1,0 +1,131 @@
+"""Command line: ``python -m departures_core train|predict ...``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from .config import DataConfig, OTConfig, RunConfig, TrainConfig
+from .errors import DeparturesError
+
+USER_ERROR = 2
+
+
+def _csv(value: str) -> tuple[str, ...]:
+    return tuple(v.strip() for v in value.split(",") if v.strip())
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m departures_core",
+                                description="Departures: perturbation prediction with "
+                                            "neural Schrödinger bridges.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    t = sub.add_parser("train", help="train a model on an .h5ad into a run folder")
+    t.add_argument("data", nargs="?", help="input .h5ad (default: the bundled demo dataset)")
+    t.add_argument("--perturbation-key", help="obs column with perturbation labels (auto)")
+    t.add_argument("--control", help="value of that column marking control cells (auto)")
+    t.add_argument("--cell-type-key", help="obs column with cell types (auto)")
+    t.add_argument("--dose-key", help="obs column with numeric doses")
+    split = t.add_mutually_exclusive_group()
+    split.add_argument("--holdout", type=_csv, help="comma-separated perturbations to hold out")
+    split.add_argument("--holdout-fraction", type=float, help="seeded fraction to hold out")
+    t.add_argument("--holdout-cell-type", type=_csv, default=(),
+                   help="comma-separated cell types whose perturbed cells are held out")
+    d, tr, o = DataConfig(), TrainConfig(), OTConfig()
+    t.add_argument("--epochs", type=int, default=tr.epochs)
+    t.add_argument("--batch-size", type=int, default=tr.batch_size)
+    t.add_argument("--lr", type=float, default=tr.lr)
+    t.add_argument("--n-genes", type=int, default=d.n_genes)
+    t.add_argument("--min-cells", type=int, default=d.min_cells)
+    t.add_argument("--drop-rare", action="store_true",
+                   help="drop perturbations with fewer than --min-cells cells")
+    t.add_argument("--epsilon", type=float, default=o.epsilon, help="Sinkhorn regularisation")
+    t.add_argument("--cost", choices=("euclidean", "cosine"), default=o.cost)
+    t.add_argument("--pairing", choices=("ot", "random"), default=o.pairing)
+    t.add_argument("--no-discrete", action="store_true", help="continuous bridge only")
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    t.add_argument("--resume", action="store_true", help="continue the run in --out")
+    t.add_argument("--out", required=True, help="run folder to write")
+
+    q = sub.add_parser("predict", help="predict perturbed cells with a trained run")
+    q.add_argument("run_dir")
+    q.add_argument("--perturbation", required=True)
+    q.add_argument("--cell-type")
+    q.add_argument("--n-cells", type=int)
+    q.add_argument("--steps", type=int, default=50)
+    q.add_argument("--trajectory", action="store_true", help="store x_t and d_t at every step")
+    q.add_argument("--seed", type=int, default=0)
+    q.add_argument("--device", default="auto")
+    q.add_argument("--out", required=True, help="output .h5ad")
+    return p
+
+
+def _config(args, adata) -> RunConfig:
+    from . import io
+    from .config import BridgeConfig
+
+    if args.perturbation_key and args.control:
+        keys = io.ObsKeys(args.perturbation_key, args.control)
+    else:
+        keys = io.detect_keys(adata)
+    cell_type_key = args.cell_type_key or (keys.cell_type_key if not args.perturbation_key else None)
+    data = DataConfig(
+        perturbation_key=args.perturbation_key or keys.perturbation_key,
+        control=args.control or keys.control, cell_type_key=cell_type_key,
+        dose_key=args.dose_key, n_genes=args.n_genes, min_cells=args.min_cells,
+        drop_rare=args.drop_rare, holdout=args.holdout or (),
+        holdout_fraction=(args.holdout_fraction if args.holdout_fraction is not None
+                          else DataConfig.holdout_fraction),
+        holdout_cell_types=args.holdout_cell_type)
+    return RunConfig(
+        data=data,
+        ot=OTConfig(pairing=args.pairing, epsilon=args.epsilon, cost=args.cost),
+        bridge=BridgeConfig(discrete=not args.no_discrete),
+        train=TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+                          device=args.device),
+        seed=args.seed)
+
+
+def _train(args) -> None:
+    from . import io, runs
+
+    if args.resume:
+        from .train import load_model
+
+        model, _ = load_model(args.out)
+        cfg = model.config.replace(train=TrainConfig(
+            epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, device=args.device))
+        runs.train(None, cfg, args.out, resume=True)
+    else:
+        adata = io.read(args.data) if args.data else io.load_demo()
+        runs.train(adata, _config(args, adata), args.out)
+    print(f"saved run to {args.out}", file=sys.stderr)
+
+
+def _predict(args) -> None:
+    from . import runs
+
+    run = runs.open_run(args.run_dir)
+    pred = runs.predict(run, args.perturbation, cell_type=args.cell_type, n_cells=args.n_cells,
+                        steps=args.steps, seed=args.seed, trajectory=args.trajectory,
+                        device=args.device)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    pred.write_h5ad(out)
+    print(f"wrote {pred.n_obs} predicted cells x {pred.n_vars} genes to {out}", file=sys.stderr)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        {"train": _train, "predict": _predict}[args.command](args)
+    except DeparturesError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return USER_ERROR
+    except KeyboardInterrupt:
+        print("interrupted; the last finished epoch is saved (use --resume)", file=sys.stderr)
+        return 130
+    return 0

@@ -1,0 +1,107 @@
+"""One frozen configuration object per run, saved with every checkpoint."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Which obs columns mean what, the gene set, and the train/hold-out split."""
+
+    perturbation_key: str = "condition"
+    control: str = "control"
+    cell_type_key: str | None = None
+    dose_key: str | None = None
+    n_genes: int = 2000
+    min_cells: int = 3
+    drop_rare: bool = False
+    holdout: tuple[str, ...] = ()
+    holdout_fraction: float = 0.25
+    holdout_cell_types: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class OTConfig:
+    """Entropic OT pairing of control and perturbed cells within a condition."""
+
+    pairing: str = "ot"  # "ot" or "random" (the ablation)
+    epsilon: float = 0.1
+    cost: str = "euclidean"  # or "cosine"
+    batch_size: int = 512  # minibatch OT size; bounds memory at batch_size**2
+    max_iter: int = 1000
+    stop_thr: float = 1e-6
+
+
+@dataclass(frozen=True)
+class BridgeConfig:
+    """The two bridges: Brownian bridge (SDE) and on/off CTMC."""
+
+    sigma: float = 0.2
+    t_min: float = 1e-3
+    steps: int = 50
+    discrete: bool = True  # False: continuous bridge only (the ablation)
+    disc_weight: float = 1.0  # lambda in L = L_cont + lambda * L_disc
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Network widths and the conditioning encoder."""
+
+    hidden: int = 512
+    n_layers: int = 2
+    cond_dim: int = 128
+    grn_threshold: float = 0.3
+    grn_max_cells: int = 5000
+    token_dropout: float = 0.1  # trains the "unknown perturbation" fallback
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: int = 20
+    batch_size: int = 256
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    device: str = "auto"
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    data: DataConfig = field(default_factory=DataConfig)
+    ot: OTConfig = field(default_factory=OTConfig)
+    bridge: BridgeConfig = field(default_factory=BridgeConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    seed: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> RunConfig:
+        parts = {
+            "data": DataConfig,
+            "ot": OTConfig,
+            "bridge": BridgeConfig,
+            "model": ModelConfig,
+            "train": TrainConfig,
+        }
+        kwargs: dict[str, Any] = {}
+        for name, kind in parts.items():
+            known = {f.name for f in dataclasses.fields(kind)}
+            values = {k: v for k, v in d.get(name, {}).items() if k in known}
+            for k, v in values.items():
+                if isinstance(v, list):
+                    values[k] = tuple(v)
+            kwargs[name] = kind(**values)
+        return cls(**kwargs, seed=int(d.get("seed", 0)))
+
+    def replace(self, **sections: Any) -> RunConfig:
+        """Return a copy with sections replaced, e.g. ``cfg.replace(train=...)``."""
+        return dataclasses.replace(self, **sections)

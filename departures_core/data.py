@@ -1,0 +1,172 @@
+"""AnnData -> dense expression and per-condition cell indices; the split. AnnData stops here."""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass, field
+
+import anndata as ad
+import numpy as np
+import scipy.sparse as sp
+
+from . import keys
+from .config import DataConfig
+from .errors import DataValidationError, SplitError
+
+
+def tokens_of(perturbation: str) -> list[str]:
+    """Perturbation label -> its parts: ``"A+B"`` -> ``["A", "B"]``."""
+    return [t for t in str(perturbation).split(keys.COMBINATION_DELIMITER) if t]
+
+
+def parse_dose(value) -> float:
+    """A dose as a float; ``"1+1"`` (per-part doses of a combination) gives their mean."""
+    try:
+        parts = [float(p) for p in str(value).split(keys.COMBINATION_DELIMITER) if p != ""]
+    except ValueError as exc:
+        raise DataValidationError(
+            f"Dose value {value!r} is not a number. Give numeric doses (e.g. 0.1, 1.0) or "
+            "leave the dose column unset."
+        ) from exc
+    return float(np.mean(parts)) if parts else 0.0
+
+
+@dataclass(frozen=True)
+class Condition:
+    """One perturbation in one cell type (at one dose): the unit of pairing and evaluation."""
+
+    perturbation: str
+    cell_type: str
+    dose: float
+    perturbed: np.ndarray  # row indices of the perturbed cells
+    control: np.ndarray  # row indices of the control cells of the same cell type
+    held_out: bool
+
+
+@dataclass(frozen=True)
+class Split:
+    """Perturbations used for training and held out; a condition is held out when its
+    perturbation is, or when its cell type is in ``holdout_cell_types``."""
+
+    train: tuple[str, ...]
+    holdout: tuple[str, ...]
+    holdout_cell_types: tuple[str, ...] = ()
+
+    def is_held_out(self, perturbation: str, cell_type: str) -> bool:
+        return perturbation in self.holdout or cell_type in self.holdout_cell_types
+
+    def to_dict(self) -> dict:
+        d = {"train": list(self.train), "holdout": list(self.holdout)}
+        if self.holdout_cell_types:
+            d["holdout_cell_types"] = list(self.holdout_cell_types)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Split:
+        return cls(tuple(d["train"]), tuple(d["holdout"]), tuple(d.get("holdout_cell_types", ())))
+
+
+def make_split(perturbations: list[str], cell_types: list[str], cfg: DataConfig, *,
+               seed: int) -> Split:
+    """Hold out the listed perturbations, or a seeded fraction of them; and listed cell types."""
+    perturbations = sorted(perturbations)
+    unknown = [p for p in cfg.holdout if p not in perturbations]
+    if unknown:
+        raise SplitError(
+            f"Hold-out perturbation(s) not in the data: {', '.join(unknown)}. "
+            f"Known: {', '.join(perturbations[:10])}{'...' if len(perturbations) > 10 else ''}."
+        )
+    bad_ct = [c for c in cfg.holdout_cell_types if c not in cell_types]
+    if bad_ct:
+        raise SplitError(f"Hold-out cell type(s) not in the data: {', '.join(bad_ct)}. "
+                         f"Known: {', '.join(cell_types)}.")
+    if cfg.holdout:
+        holdout = sorted(cfg.holdout)
+    elif cfg.holdout_cell_types:
+        holdout = []
+    else:
+        if not 0.0 <= cfg.holdout_fraction < 1.0:
+            raise SplitError(f"--holdout-fraction must be in [0, 1), got {cfg.holdout_fraction}.")
+        n = int(round(cfg.holdout_fraction * len(perturbations)))
+        rng = np.random.default_rng(seed)
+        holdout = sorted(rng.choice(perturbations, size=n, replace=False).tolist()) if n else []
+    train = [p for p in perturbations if p not in holdout]
+    if not train or (set(cfg.holdout_cell_types) >= set(cell_types)):
+        raise SplitError("The split leaves nothing to train on; hold out fewer perturbations "
+                         "or cell types.")
+    return Split(tuple(train), tuple(holdout), tuple(sorted(cfg.holdout_cell_types)))
+
+
+@dataclass
+class PerturbationData:
+    """Expression of the model's genes plus the conditions to pair, train and evaluate on."""
+
+    x: np.ndarray  # (n_cells, n_genes) float32, log-normalised
+    genes: list[str]
+    cell_names: np.ndarray
+    perturbation: np.ndarray  # per cell, str
+    cell_type: np.ndarray  # per cell, str
+    control: str
+    split: Split
+    conditions: list[Condition] = field(default_factory=list)
+
+    @property
+    def cell_types(self) -> list[str]:
+        return sorted(set(self.cell_type.tolist()))
+
+    def control_indices(self, cell_type: str) -> np.ndarray:
+        return np.flatnonzero((self.perturbation == self.control) & (self.cell_type == cell_type))
+
+    def train_conditions(self) -> list[Condition]:
+        return [c for c in self.conditions if not c.held_out]
+
+    def heldout_conditions(self) -> list[Condition]:
+        return [c for c in self.conditions if c.held_out]
+
+    def find(self, perturbation: str, cell_type: str) -> Condition | None:
+        return next((c for c in self.conditions
+                     if c.perturbation == perturbation and c.cell_type == cell_type), None)
+
+
+def populations(adata: ad.AnnData, cfg: DataConfig, *, seed: int,
+                split: Split | None = None) -> PerturbationData:
+    """Build `PerturbationData` from a validated, preprocessed AnnData.
+
+    ``split`` reuses a saved split (resume, evaluation); otherwise one is made from ``cfg``.
+    """
+    x = adata.X.toarray() if sp.issparse(adata.X) else np.asarray(adata.X)
+    pert = adata.obs[cfg.perturbation_key].astype(str).to_numpy()
+    if cfg.cell_type_key:
+        ctype = adata.obs[cfg.cell_type_key].astype(str).to_numpy()
+    else:
+        ctype = np.full(adata.n_obs, keys.ALL_CELLS, dtype=object)
+    if cfg.dose_key:
+        dose = np.array([parse_dose(v) for v in adata.obs[cfg.dose_key]])
+    else:
+        dose = np.zeros(adata.n_obs)
+    perts = sorted(set(pert.tolist()) - {cfg.control})
+    cell_types = sorted(set(ctype.tolist()))
+    split = split or make_split(perts, cell_types, cfg, seed=seed)
+    data = PerturbationData(np.ascontiguousarray(x, dtype=np.float32), list(map(str, adata.var_names)),
+                            adata.obs_names.to_numpy(), pert, ctype, cfg.control, split)
+    missing_ctrl = set()
+    for (p, ct, d), idx in _group(pert, ctype, dose, cfg.control).items():
+        ctrl = data.control_indices(ct)
+        if len(ctrl) == 0:
+            missing_ctrl.add(ct)
+            continue
+        data.conditions.append(Condition(p, ct, d, idx, ctrl, split.is_held_out(p, ct)))
+    if missing_ctrl:
+        warnings.warn(f"Cell type(s) without control cells were skipped: {sorted(missing_ctrl)}. "
+                      "Their perturbations cannot be paired.", stacklevel=2)
+    if not data.train_conditions():
+        raise SplitError("No training condition has control cells of its cell type.")
+    return data
+
+
+def _group(pert, ctype, dose, control) -> dict[tuple[str, str, float], np.ndarray]:
+    groups: dict[tuple[str, str, float], list[int]] = {}
+    for i, (p, ct, d) in enumerate(zip(pert, ctype, dose)):
+        if p != control:
+            groups.setdefault((p, ct, float(d)), []).append(i)
+    return {k: np.asarray(v) for k, v in sorted(groups.items())}

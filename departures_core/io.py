@@ -1,0 +1,194 @@
+"""Read and validate ``.h5ad`` files; detect obs keys; the bundled demo dataset."""
+
+from __future__ import annotations
+
+import os
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+
+from . import keys
+from .errors import (
+    DataValidationError,
+    InputFileError,
+    KeyNotFoundError,
+    NoControlCellsError,
+    TooFewCellsError,
+)
+
+HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
+ASSETS = Path(__file__).resolve().parent.parent / "assets"
+DEMO_PATH = ASSETS / "perturbench_devel_norman19_mcfaline23.h5ad"
+
+
+@dataclass(frozen=True)
+class ObsKeys:
+    """How a dataset's obs columns map onto the model's conditioning."""
+
+    perturbation_key: str
+    control: str
+    cell_type_key: str | None = None
+    dose_key: str | None = None
+
+
+DEMO_KEYS = ObsKeys(perturbation_key="condition", control="control", cell_type_key="cell_type")
+
+
+def read(path: str | os.PathLike) -> ad.AnnData:
+    """Read an ``.h5ad`` file, turning every way it can fail into an `InputFileError`."""
+    path = Path(path)
+    if not path.exists():
+        raise InputFileError(f"{path}: no such file. Check the path.")
+    if path.is_dir():
+        raise InputFileError(f"{path} is a folder; give the path of an .h5ad file.")
+    with open(path, "rb") as fh:
+        head = fh.read(8)
+    if head != HDF5_MAGIC:
+        raise InputFileError(
+            f"{path.name} is not an .h5ad file (it is not HDF5). Save your AnnData with "
+            "adata.write_h5ad('file.h5ad') and upload that file."
+        )
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            return ad.read_h5ad(path)
+    except Exception as exc:  # h5py/anndata raise many types for damaged files
+        raise InputFileError(
+            f"{path.name} could not be read as AnnData ({type(exc).__name__}: {exc}). "
+            "The file may be truncated or written by an incompatible tool; re-export it "
+            "with anndata.write_h5ad."
+        ) from exc
+
+
+def load_demo() -> ad.AnnData:
+    """The bundled PerturBench development set (Norman 2019 + McFaline 2023, BSD-3-Clause)."""
+    return read(DEMO_PATH)
+
+
+def _control_value(values: pd.Series) -> str | None:
+    present = {str(v).lower(): str(v) for v in values.unique()}
+    for cand in keys.CONTROL_CANDIDATES:
+        if cand in present:
+            return present[cand]
+    return None
+
+
+def detect_keys(adata: ad.AnnData) -> ObsKeys:
+    """Guess the perturbation column, its control value, cell type and dose columns.
+
+    Raises
+    ------
+    KeyNotFoundError
+        If no obs column looks like a perturbation label with a control value.
+    """
+    obs = adata.obs
+    lowered = {c.lower(): c for c in obs.columns}
+    pert_key = control = None
+    for cand in keys.PERTURBATION_CANDIDATES:
+        col = lowered.get(cand.lower())
+        if col is not None and (value := _control_value(obs[col])) is not None:
+            pert_key, control = col, value
+            break
+    if pert_key is None:
+        raise KeyNotFoundError(
+            "Could not find the perturbation column: none of "
+            f"{', '.join(keys.PERTURBATION_CANDIDATES)} exists with a control value such as "
+            f"'control' or 'ctrl'. Columns present: {', '.join(map(str, obs.columns)) or 'none'}. "
+            "Name the column and control value explicitly."
+        )
+    cell_type_key = next(
+        (lowered[c] for c in keys.CELL_TYPE_CANDIDATES if c in lowered), None
+    )
+    dose_key = next((lowered[c.lower()] for c in keys.DOSE_CANDIDATES if c.lower() in lowered), None)
+    return ObsKeys(pert_key, control, cell_type_key, dose_key)
+
+
+def _check_column(adata: ad.AnnData, key: str | None, role: str) -> None:
+    if key is not None and key not in adata.obs.columns:
+        raise KeyNotFoundError(
+            f"obs has no column '{key}' for the {role}. Columns present: "
+            f"{', '.join(map(str, adata.obs.columns)) or 'none'}."
+        )
+
+
+def _check_matrix(adata: ad.AnnData) -> None:
+    x = adata.X
+    if x is None:
+        raise DataValidationError("The AnnData has no X matrix; store expression in adata.X.")
+    values = x.data if sp.issparse(x) else np.asarray(x)
+    if not np.issubdtype(values.dtype, np.number):
+        raise DataValidationError(f"X holds {values.dtype} values; expression must be numeric.")
+    if not np.isfinite(values).all():
+        n_bad = int((~np.isfinite(values)).sum())
+        raise DataValidationError(
+            f"X contains {n_bad} NaN or infinite value(s). Remove or impute them "
+            "(e.g. adata.X = np.nan_to_num(adata.X)) before uploading."
+        )
+    if values.size and values.min() < 0:
+        raise DataValidationError(
+            f"X contains negative values (min {values.min():.3g}). Give raw counts or "
+            "log-normalised expression, not scaled/centred data (undo sc.pp.scale)."
+        )
+
+
+def validate(adata: ad.AnnData, obs_keys: ObsKeys, *, min_cells: int = 3) -> None:
+    """Check that ``adata`` can be trained on with ``obs_keys``; raise a typed error if not.
+
+    Perturbations with fewer than ``min_cells`` cells raise `TooFewCellsError`;
+    `drop_rare` removes them instead.
+    """
+    if adata.n_obs == 0 or adata.n_vars == 0:
+        raise DataValidationError(
+            f"The AnnData is empty ({adata.n_obs} cells x {adata.n_vars} genes)."
+        )
+    if adata.var_names.has_duplicates:
+        dups = adata.var_names[adata.var_names.duplicated()].unique()[:5]
+        raise DataValidationError(
+            f"Duplicate gene names ({', '.join(map(str, dups))}...). Make them unique with "
+            "adata.var_names_make_unique()."
+        )
+    _check_column(adata, obs_keys.perturbation_key, "perturbation label")
+    _check_column(adata, obs_keys.cell_type_key, "cell type")
+    _check_column(adata, obs_keys.dose_key, "dose")
+    labels = adata.obs[obs_keys.perturbation_key].astype(str)
+    if not (labels == obs_keys.control).any():
+        sample = ", ".join(labels.value_counts().index[:8])
+        raise NoControlCellsError(
+            f"No cell has '{obs_keys.perturbation_key}' == '{obs_keys.control}'. Values present "
+            f"include: {sample}. Choose the value that marks unperturbed control cells."
+        )
+    if (labels == obs_keys.control).all():
+        raise DataValidationError(
+            f"Every cell is a control ('{obs_keys.control}'); there is no perturbation to learn."
+        )
+    _check_matrix(adata)
+    rare = rare_perturbations(adata, obs_keys, min_cells=min_cells)
+    if rare:
+        listed = ", ".join(f"{p} ({n})" for p, n in list(rare.items())[:5])
+        more = f" and {len(rare) - 5} more" if len(rare) > 5 else ""
+        raise TooFewCellsError(
+            f"{len(rare)} perturbation(s) have fewer than {min_cells} cells: {listed}{more}. "
+            "Drop them (--drop-rare, or the 'drop rare perturbations' box) or lower --min-cells."
+        )
+
+
+def rare_perturbations(adata: ad.AnnData, obs_keys: ObsKeys, *, min_cells: int) -> dict[str, int]:
+    """Perturbations (not the control) with fewer than ``min_cells`` cells, with their counts."""
+    counts = adata.obs[obs_keys.perturbation_key].astype(str).value_counts()
+    counts = counts[(counts < min_cells) & (counts.index != obs_keys.control)]
+    return {str(k): int(v) for k, v in counts.items()}
+
+
+def drop_rare(adata: ad.AnnData, obs_keys: ObsKeys, *, min_cells: int) -> ad.AnnData:
+    """Return ``adata`` without perturbations that have fewer than ``min_cells`` cells."""
+    rare = rare_perturbations(adata, obs_keys, min_cells=min_cells)
+    if not rare:
+        return adata
+    warnings.warn(f"Dropped {len(rare)} perturbation(s) with < {min_cells} cells.", stacklevel=2)
+    keep = ~adata.obs[obs_keys.perturbation_key].astype(str).isin(list(rare))
+    return adata[keep.to_numpy()].copy()

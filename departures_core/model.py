@@ -1,0 +1,209 @@
+"""The model facade: vocabulary, network, self-describing checkpoints. Model code stays AnnData-free."""
+
+from __future__ import annotations
+
+import difflib
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from . import grn
+from .config import RunConfig
+from .data import Condition, PerturbationData, Split, tokens_of
+from .errors import RunError, UnknownPerturbationError
+from .nn import PAD, UNKNOWN, CondTensors, ConditionEncoder, DeparturesNet, GRNEncoder
+
+CHECKPOINT_FORMAT = 1
+
+
+def library_version() -> str:
+    from . import __version__
+
+    return __version__
+
+
+@dataclass(frozen=True)
+class Vocabulary:
+    """What the network can name: genes (columns), training tokens, cell types."""
+
+    genes: tuple[str, ...]
+    tokens: tuple[str, ...]  # perturbation parts seen in training; id = position + 2
+    cell_types: tuple[str, ...]
+
+    def token_id(self, part: str) -> int:
+        try:
+            return self.tokens.index(part) + 2
+        except ValueError:
+            return UNKNOWN
+
+    def gene_id(self, part: str) -> int:
+        try:
+            return self.genes.index(part)
+        except ValueError:
+            return -1
+
+    def unknown_parts(self, perturbation: str) -> list[str]:
+        """Parts with neither a learned embedding nor graph features: the 'unknown' fallback."""
+        return [p for p in tokens_of(perturbation)
+                if self.token_id(p) == UNKNOWN and self.gene_id(p) < 0]
+
+    def to_dict(self) -> dict:
+        return {"genes": list(self.genes), "tokens": list(self.tokens),
+                "cell_types": list(self.cell_types)}
+
+
+def build_vocabulary(data: PerturbationData) -> Vocabulary:
+    tokens = sorted({t for c in data.train_conditions() for t in tokens_of(c.perturbation)})
+    return Vocabulary(tuple(data.genes), tuple(tokens), tuple(data.cell_types))
+
+
+def encode(vocab: Vocabulary, rows: list[tuple[str, str, float]]) -> CondTensors:
+    """Conditioning tensors for ``(perturbation, cell_type, dose)`` rows.
+
+    Raises `UnknownPerturbationError` for a cell type the model was not built with.
+    """
+    k = max(1, max(len(tokens_of(p)) for p, _, _ in rows))
+    tok = np.full((len(rows), k), PAD, dtype=np.int64)
+    gen = np.full((len(rows), k), -1, dtype=np.int64)
+    ct = np.zeros(len(rows), dtype=np.int64)
+    for r, (pert, cell_type, _) in enumerate(rows):
+        if cell_type not in vocab.cell_types:
+            raise UnknownPerturbationError(
+                f"Unknown cell type '{cell_type}'. Known: {', '.join(vocab.cell_types)}.")
+        ct[r] = vocab.cell_types.index(cell_type)
+        for j, part in enumerate(tokens_of(pert)):
+            tok[r, j], gen[r, j] = vocab.token_id(part), vocab.gene_id(part)
+    dose = torch.tensor([d for _, _, d in rows], dtype=torch.float32)
+    return CondTensors(torch.from_numpy(tok), torch.from_numpy(gen), torch.from_numpy(ct), dose)
+
+
+def condition_rows(conditions: list[Condition]) -> list[tuple[str, str, float]]:
+    return [(c.perturbation, c.cell_type, c.dose) for c in conditions]
+
+
+def build_net(vocab: Vocabulary, config: RunConfig, buffers: dict[str, torch.Tensor]) -> DeparturesNet:
+    m = config.model
+    encoder_grn = GRNEncoder(buffers["gene_features"], buffers["edge_index"],
+                             buffers["edge_weight"], m.cond_dim)
+    encoder = ConditionEncoder(len(vocab.tokens) + 2, buffers["ct_context"], encoder_grn,
+                               m.cond_dim, m.token_dropout)
+    return DeparturesNet(len(vocab.genes), encoder, hidden=m.hidden, cond_dim=m.cond_dim,
+                         n_layers=m.n_layers, discrete=config.bridge.discrete)
+
+
+def data_buffers(data: PerturbationData, config: RunConfig, rng: np.random.Generator) -> dict:
+    """Graph, gene features and per-cell-type control means, from the control cells."""
+    ctrl = np.flatnonzero(data.perturbation == data.control)
+    if len(ctrl) > config.model.grn_max_cells:
+        ctrl = rng.choice(ctrl, config.model.grn_max_cells, replace=False)
+    x_ctrl = data.x[ctrl]
+    edge_index, edge_weight = grn.coexpression_edges(x_ctrl, threshold=config.model.grn_threshold)
+    ct_context = np.stack([data.x[data.control_indices(ct)].mean(0) for ct in data.cell_types])
+    return {
+        "gene_features": torch.from_numpy(grn.gene_features(x_ctrl)),
+        "edge_index": torch.from_numpy(edge_index),
+        "edge_weight": torch.from_numpy(edge_weight),
+        "ct_context": torch.from_numpy(ct_context.astype(np.float32)),
+    }
+
+
+class Departures:
+    """A configured network with its vocabulary and split: build, check, save, load."""
+
+    def __init__(self, config: RunConfig, vocab: Vocabulary, split: Split, net: DeparturesNet):
+        self.config, self.vocab, self.split, self.net = config, vocab, split, net
+
+    @classmethod
+    def build(cls, data: PerturbationData, config: RunConfig) -> Departures:
+        vocab = build_vocabulary(data)
+        buffers = data_buffers(data, config, np.random.default_rng(config.seed))
+        return cls(config, vocab, data.split, build_net(vocab, config, buffers))
+
+    def check_perturbation(self, perturbation: str) -> list[str]:
+        """Return the parts that fall back to 'unknown'; raise if all of them do and none is
+        known from the data or the split."""
+        unknown = self.vocab.unknown_parts(perturbation)
+        known_labels = set(self.split.train) | set(self.split.holdout)
+        if unknown and len(unknown) == len(tokens_of(perturbation)) and (
+                perturbation not in known_labels):
+            close = difflib.get_close_matches(perturbation, sorted(known_labels), n=3)
+            hint = f" Did you mean {', '.join(close)}?" if close else ""
+            raise UnknownPerturbationError(
+                f"Unknown perturbation '{perturbation}': not in the data and none of its genes "
+                f"is measured or seen in training.{hint}")
+        return unknown
+
+    # -- checkpoints -----------------------------------------------------------------------
+    def state(self, **extra) -> dict:
+        return {
+            "format": CHECKPOINT_FORMAT,
+            "library_version": library_version(),
+            "config": self.config.to_json(),
+            "vocab": json.dumps(self.vocab.to_dict()),
+            "split": json.dumps(self.split.to_dict()),
+            "model": self.net.state_dict(),
+            **extra,
+        }
+
+    @classmethod
+    def from_state(cls, state: dict) -> Departures:
+        config = RunConfig.from_dict(json.loads(state["config"]))
+        v = json.loads(state["vocab"])
+        vocab = Vocabulary(tuple(v["genes"]), tuple(v["tokens"]), tuple(v["cell_types"]))
+        split = Split.from_dict(json.loads(state["split"]))
+        weights = state["model"]
+        buffers = {name: weights[f"encoder.{prefix}{name}"] for prefix, name in (
+            ("grn.", "gene_features"), ("grn.", "edge_index"), ("grn.", "edge_weight"),
+            ("", "ct_context"))}
+        net = build_net(vocab, config, buffers)
+        net.load_state_dict(weights)
+        return cls(config, vocab, split, net)
+
+
+def atomic_write_bytes(path: Path, write) -> None:
+    """Write via a temporary file in the same folder and ``os.replace``: all or nothing."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    umask = os.umask(0)
+    os.umask(umask)
+    try:
+        os.fchmod(fd, 0o666 & ~umask)  # mkstemp makes 0600; give the usual file mode
+        with os.fdopen(fd, "wb") as fh:
+            write(fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write_bytes(path, lambda fh: fh.write(text.encode()))
+
+
+def save_checkpoint(path: Path, state: dict) -> None:
+    atomic_write_bytes(path, lambda fh: torch.save(state, fh))
+
+
+def load_checkpoint(path: Path, device: torch.device | str = "cpu") -> dict:
+    """Load a checkpoint safely (``weights_only=True``: nothing is unpickled)."""
+    path = Path(path)
+    if not path.exists():
+        raise RunError(f"{path.parent} has no {path.name}; it is not a trained run folder.")
+    try:
+        state = torch.load(path, map_location=device, weights_only=True)
+    except Exception as exc:
+        raise RunError(f"{path} is corrupt or not a Departures checkpoint ({exc}). "
+                       "Retrain, or resume from an intact copy.") from exc
+    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
+        raise RunError(f"{path} was written by an incompatible version of Departures "
+                       f"(format {state.get('format') if isinstance(state, dict) else '?'}, "
+                       f"expected {CHECKPOINT_FORMAT}). Retrain with this version.")
+    return state
+

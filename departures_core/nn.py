@@ -1,0 +1,146 @@
+"""Networks: time embedding, conditioning encoder (GRN + tokens + cell type + dose), bridges."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+PAD, UNKNOWN = 0, 1  # reserved token ids
+
+
+@dataclass
+class CondTensors:
+    """Conditioning of ``n`` rows. ``tokens``/``genes`` have one column per perturbation part."""
+
+    tokens: Tensor  # (n, k) long: PAD, UNKNOWN or a training token id
+    genes: Tensor  # (n, k) long: the part's row among the model genes, or -1 if not measured
+    cell_type: Tensor  # (n,) long
+    dose: Tensor  # (n,) float
+
+    def __getitem__(self, rows) -> CondTensors:
+        return CondTensors(self.tokens[rows], self.genes[rows], self.cell_type[rows], self.dose[rows])
+
+    def to(self, device) -> CondTensors:
+        return CondTensors(*(t.to(device) for t in (self.tokens, self.genes, self.cell_type,
+                                                     self.dose)))
+
+
+def sinusoidal(t: Tensor, dim: int) -> Tensor:
+    """Sinusoidal embedding of ``t`` in [0, 1], shape (n, 1) -> (n, dim)."""
+    half = dim // 2
+    freqs = torch.exp(-math.log(1000.0) * torch.arange(half, device=t.device) / half)
+    angles = t * 1000.0 * freqs
+    return torch.cat([torch.sin(angles), torch.cos(angles)], dim=-1)
+
+
+class GRNEncoder(nn.Module):
+    """Message passing over the gene graph; a perturbed gene is read out from its neighbours.
+
+    The readout excludes the gene's own features (the knocked-out node is zeroed), so a
+    gene never seen in training still gets an embedding from the genes it co-varies with.
+    """
+
+    def __init__(self, gene_features: Tensor, edge_index: Tensor, edge_weight: Tensor, dim: int):
+        super().__init__()
+        self.register_buffer("gene_features", gene_features)
+        self.register_buffer("edge_index", edge_index)
+        self.register_buffer("edge_weight", edge_weight)
+        self.inp = nn.Linear(gene_features.shape[1], dim)
+        self.mix = nn.Linear(dim, dim)
+        self.out = nn.Linear(dim, dim)
+
+    def _aggregate(self, h: Tensor) -> Tensor:
+        src, tgt = self.edge_index
+        msg = h[src] * self.edge_weight[:, None]
+        return torch.zeros_like(h).index_add_(0, tgt, msg)
+
+    def forward(self, genes: Tensor) -> Tensor:
+        h = torch.relu(self.inp(self.gene_features))
+        h = h + torch.relu(self.mix(self._aggregate(h)))  # one GCN round with self term
+        readout = self.out(self._aggregate(h))  # neighbours only: own node zeroed
+        emb = readout[genes.clamp(min=0)]
+        return emb * (genes >= 0).unsqueeze(-1)
+
+
+class ConditionEncoder(nn.Module):
+    """(perturbation parts, cell type, dose) -> one vector, shared by both bridges."""
+
+    def __init__(self, n_tokens: int, ct_context: Tensor, grn: GRNEncoder, dim: int,
+                 token_dropout: float = 0.1):
+        super().__init__()
+        self.token_dropout = token_dropout
+        self.tokens = nn.Embedding(n_tokens, dim, padding_idx=PAD)
+        nn.init.normal_(self.tokens.weight, std=0.02)
+        with torch.no_grad():
+            self.tokens.weight[PAD].zero_()
+        self.grn = grn
+        self.dose_gate = nn.Sequential(nn.Linear(1, dim), nn.SiLU(), nn.Linear(dim, dim))
+        self.pert = nn.Sequential(nn.Linear(dim, dim), nn.SiLU(), nn.Linear(dim, dim))
+        self.register_buffer("ct_context", ct_context)  # (n_cell_types, n_genes) control means
+        self.ct_embedding = nn.Embedding(ct_context.shape[0], dim)
+        nn.init.zeros_(self.ct_embedding.weight)  # an unseen cell type relies on its controls
+        self.ct_proj = nn.Linear(ct_context.shape[1], dim)
+
+    def forward(self, cond: CondTensors) -> Tensor:
+        tokens = cond.tokens
+        if self.training and self.token_dropout > 0:
+            drop = (torch.rand(tokens.shape, device=tokens.device) < self.token_dropout) & (
+                tokens > UNKNOWN)
+            tokens = torch.where(drop, torch.full_like(tokens, UNKNOWN), tokens)
+        parts = self.tokens(tokens) + self.grn(cond.genes)
+        gate = 2 * torch.sigmoid(self.dose_gate(torch.log1p(cond.dose)[:, None]))
+        parts = parts * (cond.tokens != PAD).unsqueeze(-1)  # (n, k, dim)
+        pert = self.pert(parts.sum(1) * gate)
+        ct = self.ct_embedding(cond.cell_type) + self.ct_proj(self.ct_context[cond.cell_type])
+        return pert + ct
+
+
+class Trunk(nn.Module):
+    """MLP with residual blocks modulated (FiLM) by the condition + time embedding."""
+
+    def __init__(self, in_dim: int, out_dim: int, hidden: int, emb_dim: int, n_layers: int):
+        super().__init__()
+        self.inp = nn.Linear(in_dim, hidden)
+        self.blocks = nn.ModuleList(nn.Linear(hidden, hidden) for _ in range(n_layers))
+        self.film = nn.ModuleList(nn.Linear(emb_dim, 2 * hidden) for _ in range(n_layers))
+        self.norms = nn.ModuleList(nn.LayerNorm(hidden) for _ in range(n_layers))
+        self.out = nn.Linear(hidden, out_dim)
+        nn.init.zeros_(self.out.weight)
+        nn.init.zeros_(self.out.bias)
+
+    def forward(self, x: Tensor, emb: Tensor) -> Tensor:
+        h = self.inp(x)
+        for lin, film, norm in zip(self.blocks, self.film, self.norms):
+            scale, shift = film(emb).chunk(2, dim=-1)
+            h = h + lin(nn.functional.silu(norm(h) * (1 + scale) + shift))
+        return self.out(nn.functional.silu(h))
+
+
+class DeparturesNet(nn.Module):
+    """Both bridges over a shared conditioning encoder.
+
+    ``x1_hat(x_t, x0, t, c) = x0 + f(x_t, x0, t, c)`` (endpoint as a residual on the control
+    cell) and ``logits(d_t, x_t, x0, t, c)`` of ``p(d1 = 1)``.
+    """
+
+    def __init__(self, n_genes: int, encoder: ConditionEncoder, *, hidden: int, cond_dim: int,
+                 n_layers: int, discrete: bool = True):
+        super().__init__()
+        self.cond_dim = cond_dim
+        self.encoder = encoder
+        self.time = nn.Sequential(nn.Linear(cond_dim, cond_dim), nn.SiLU(),
+                                  nn.Linear(cond_dim, cond_dim))
+        self.cont = Trunk(2 * n_genes, n_genes, hidden, cond_dim, n_layers)
+        self.disc = Trunk(3 * n_genes, n_genes, hidden, cond_dim, n_layers) if discrete else None
+
+    def embed(self, cond_emb: Tensor, t: Tensor) -> Tensor:
+        return cond_emb + self.time(sinusoidal(t, self.cond_dim))
+
+    def endpoint(self, x_t: Tensor, x0: Tensor, emb: Tensor) -> Tensor:
+        return x0 + self.cont(torch.cat([x_t, x0], dim=-1), emb)
+
+    def activation_logits(self, d_t: Tensor, x_t: Tensor, x0: Tensor, emb: Tensor) -> Tensor:
+        return self.disc(torch.cat([d_t, x_t, x0], dim=-1), emb)

@@ -1,0 +1,173 @@
+"""Run folders: train into one, open one, predict from one. The CLI and the app call these."""
+
+from __future__ import annotations
+
+import json
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import torch
+
+from . import io, keys, pp
+from .config import RunConfig
+from .data import PerturbationData, Split, populations
+from .errors import RunError, UnknownPerturbationError
+from .model import Departures, atomic_write_text, encode
+from .sample import Simulation, simulate
+from .train import fit, load_model, resolve_device
+
+
+def prepare(adata: ad.AnnData, config: RunConfig) -> ad.AnnData:
+    """Validate, drop rare perturbations if asked, and preprocess a copy of ``adata``."""
+    d = config.data
+    obs_keys = io.ObsKeys(d.perturbation_key, d.control, d.cell_type_key, d.dose_key)
+    if d.drop_rare:
+        io.validate(adata, obs_keys, min_cells=0)
+        adata = io.drop_rare(adata, obs_keys, min_cells=d.min_cells)
+    io.validate(adata, obs_keys, min_cells=d.min_cells)
+    return pp.preprocess(adata, perturbation_key=d.perturbation_key, control=d.control,
+                         n_genes=d.n_genes, copy=True)
+
+
+def train(adata: ad.AnnData, config: RunConfig, run_dir: str | Path, *, resume: bool = False,
+          callback=None, should_stop=None, progress_bar: bool = True) -> list[dict]:
+    """Train a model on ``adata`` into ``run_dir`` (config, split, data, checkpoint, history).
+
+    With ``resume=True`` training continues from ``run_dir``'s checkpoint, using the run's
+    saved data, split and config (``config.train.epochs`` may be raised).
+    """
+    run_dir = Path(run_dir)
+    device = resolve_device(config.train.device)
+    torch.manual_seed(config.seed)
+    if resume:
+        model, state = load_model(run_dir)
+        saved = model.config
+        config = saved.replace(train=config.train)
+        model.config = config
+        data = open_data(run_dir, saved, model.split)
+    else:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        prepared = prepare(adata, config)
+        data = populations(prepared, config.data, seed=config.seed)
+        _write_run_files(run_dir, prepared, config, data.split)
+        model, state = Departures.build(data, config), None
+    atomic_write_text(run_dir / keys.CONFIG_FILE, config.to_json())
+    return fit(model, data, run_dir=run_dir, device=device, resume_state=state,
+               callback=callback, should_stop=should_stop, progress_bar=progress_bar)
+
+
+def _write_run_files(run_dir: Path, prepared: ad.AnnData, config: RunConfig, split: Split) -> None:
+    atomic_write_text(run_dir / keys.SPLIT_FILE, json.dumps(split.to_dict(), indent=2))
+    keep = [config.data.perturbation_key, config.data.cell_type_key, config.data.dose_key]
+    slim = ad.AnnData(
+        X=prepared.X, obs=prepared.obs[[k for k in keep if k]].copy(),
+        var=pd.DataFrame(index=prepared.var_names.copy()),
+        uns={"departures_pp": prepared.uns.get("departures_pp", {})})
+    for col in slim.obs.columns:
+        slim.obs[col] = slim.obs[col].astype(str)
+    tmp = run_dir / f".{keys.DATA_FILE}.tmp"
+    slim.write_h5ad(tmp, compression="gzip")
+    tmp.replace(run_dir / keys.DATA_FILE)
+
+
+def open_data(run_dir: str | Path, config: RunConfig, split: Split) -> PerturbationData:
+    """The preprocessed data a run was trained on (saved in the run folder)."""
+    path = Path(run_dir) / keys.DATA_FILE
+    if not path.exists():
+        raise RunError(f"{run_dir} has no {keys.DATA_FILE}; the run folder is incomplete.")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return populations(io.read(path), config.data, seed=config.seed, split=split)
+
+
+@dataclass
+class Run:
+    """A trained run: its model and the data it was trained on."""
+
+    path: Path
+    model: Departures
+    data: PerturbationData
+    epoch: int
+
+    @property
+    def config(self) -> RunConfig:
+        return self.model.config
+
+
+def open_run(run_dir: str | Path) -> Run:
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise RunError(f"Run folder {run_dir} does not exist. Train one with "
+                       "`python -m departures_core train ... --out RUN_DIR`.")
+    model, state = load_model(run_dir)
+    data = open_data(run_dir, model.config, model.split)
+    if list(data.genes) != list(model.vocab.genes):
+        raise RunError(f"{run_dir}: the saved data's genes differ from the model's genes.")
+    return Run(run_dir, model, data, int(state["epoch"]))
+
+
+def predict(run: Run, perturbation: str, *, cell_type: str | None = None,
+            n_cells: int | None = None, steps: int | None = None, seed: int = 0,
+            trajectory: bool = False, device: str = "cpu") -> ad.AnnData:
+    """Predicted cells of ``perturbation`` from the control cells of each cell type.
+
+    ``cell_type`` None predicts in every cell type where the perturbation was observed
+    (all cell types for a perturbation never observed). ``n_cells`` control cells are
+    drawn per cell type (all of them when None; with replacement when more are asked).
+    """
+    data, model = run.data, run.model
+    unknown = model.check_perturbation(perturbation)
+    cell_types = _cell_types_for(data, perturbation, cell_type)
+    rng = np.random.default_rng(seed)
+    starts, rows, obs = [], [], []
+    for ct in cell_types:
+        ctrl = data.control_indices(ct)
+        if len(ctrl) == 0:
+            raise UnknownPerturbationError(f"Cell type '{ct}' has no control cells to start from.")
+        n = len(ctrl) if n_cells is None else int(n_cells)
+        pick = ctrl if n == len(ctrl) else rng.choice(ctrl, n, replace=n > len(ctrl))
+        cond = data.find(perturbation, ct)
+        dose = cond.dose if cond is not None else 0.0
+        starts.append(pick)
+        rows += [(perturbation, ct, dose)] * len(pick)
+        held = cond.held_out if cond is not None else True
+        obs.append(pd.DataFrame({keys.PERTURBATION: perturbation, keys.CELL_TYPE: ct,
+                                 keys.DOSE: dose, keys.CONTROL_CELL: data.cell_names[pick],
+                                 keys.HELD_OUT: held}))
+    start = np.concatenate(starts)
+    sim = simulate(model.net, data.x[start], encode(model.vocab, rows),
+                   steps=steps or model.config.bridge.steps, sigma=model.config.bridge.sigma,
+                   seed=seed, trajectory=trajectory, device=resolve_device(device))
+    return to_anndata(sim, pd.concat(obs, ignore_index=True), data.genes,
+                      {"seed": seed, "steps": len(sim.t) - 1, "unknown_parts": unknown,
+                       "run": str(run.path)})
+
+
+def _cell_types_for(data: PerturbationData, perturbation: str, cell_type: str | None) -> list[str]:
+    if cell_type is not None:
+        if cell_type not in data.cell_types:
+            raise UnknownPerturbationError(
+                f"Unknown cell type '{cell_type}'. Known: {', '.join(data.cell_types)}.")
+        return [cell_type]
+    seen = sorted({c.cell_type for c in data.conditions if c.perturbation == perturbation})
+    return seen or data.cell_types
+
+
+def to_anndata(sim: Simulation, obs: pd.DataFrame, genes: list[str], info: dict) -> ad.AnnData:
+    """A `Simulation` as AnnData: X the prediction, layers with both bridges' endpoints."""
+    obs.index = [f"pred_{i}" for i in range(len(obs))]
+    out = ad.AnnData(X=sim.prediction, obs=obs, var=pd.DataFrame(index=list(genes)))
+    out.layers["x1_hat"] = sim.x1_hat.astype(np.float32)
+    if sim.d1_hat is not None:
+        out.layers["activation"] = sim.d1_hat.astype(np.uint8)
+    if sim.x_path is not None:
+        out.obsm[keys.TRAJECTORY_X] = np.ascontiguousarray(sim.x_path.transpose(1, 0, 2),
+                                                           dtype=np.float32)
+        out.obsm[keys.TRAJECTORY_D] = np.ascontiguousarray(sim.d_path.transpose(1, 0, 2))
+        out.uns[keys.TRAJECTORY_T] = sim.t
+    out.uns[keys.PREDICTION_UNS] = info
+    return out

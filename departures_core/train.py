@@ -1,0 +1,172 @@
+"""Joint training of both bridges: OT pairs per condition each epoch, AdamW, atomic checkpoints."""
+
+from __future__ import annotations
+
+import csv
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from . import keys, ot
+from .bridges import ctmc, sde
+from .config import RunConfig
+from .data import PerturbationData
+from .model import Departures, condition_rows, encode, load_checkpoint, save_checkpoint
+
+HISTORY_COLUMNS = ("step", "epoch", "loss_cont", "loss_disc", "loss", "seconds")
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    """``auto`` takes CUDA when available, else CPU; ``cuda`` without a GPU is an error."""
+    from .errors import DeparturesError
+
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise DeparturesError("--device cuda was asked for but no CUDA GPU is available; "
+                              "use --device cpu or auto.")
+    if device != "cpu" and not device.startswith("cuda"):
+        raise DeparturesError(f"Unknown device '{device}'; use auto, cpu or cuda.")
+    return torch.device(device)
+
+
+def epoch_pairs(data: PerturbationData, config: RunConfig, rng: np.random.Generator):
+    """OT (or random) pairs of every training condition: global control/perturbed rows, condition."""
+    c = config.ot
+    i0, i1, cond = [], [], []
+    for k, condition in enumerate(data.train_conditions()):
+        a, b = ot.pair_condition(
+            data.x[condition.control], data.x[condition.perturbed], rng, pairing=c.pairing,
+            batch_size=c.batch_size, epsilon=c.epsilon, cost=c.cost, max_iter=c.max_iter,
+            stop_thr=c.stop_thr)
+        i0.append(condition.control[a])
+        i1.append(condition.perturbed[b])
+        cond.append(np.full(len(a), k))
+    return np.concatenate(i0), np.concatenate(i1), np.concatenate(cond)
+
+
+def losses(model: Departures, x0: torch.Tensor, x1: torch.Tensor, cond, config: RunConfig):
+    """``(L_cont, L_disc)`` for one batch of pairs; ``L_disc`` is 0 without the discrete bridge."""
+    b = config.bridge
+    net = model.net
+    t = torch.empty(len(x0), 1, device=x0.device).uniform_(b.t_min, 1.0 - b.t_min)
+    x_t = sde.sample_xt(x0, x1, t, b.sigma)
+    d0, d1 = (x0 > 0).float(), (x1 > 0).float()
+    emb = net.embed(net.encoder(cond), t)
+    loss_cont = sde.masked_mse(net.endpoint(x_t, x0, emb), x1, d1).mean()
+    if net.disc is None:
+        return loss_cont, torch.zeros((), device=x0.device)
+    d_t = ctmc.sample_dt(d0, d1, t)
+    loss_disc = F.binary_cross_entropy_with_logits(net.activation_logits(d_t, x_t, x0, emb), d1)
+    return loss_cont, loss_disc
+
+
+@dataclass
+class Progress:
+    step: int
+    total_steps: int
+    epoch: int
+    loss_cont: float
+    loss_disc: float
+
+
+def fit(model: Departures, data: PerturbationData, *, run_dir: str | Path | None = None,
+        device: torch.device | str = "cpu", resume_state: dict | None = None,
+        callback: Callable[[Progress], None] | None = None,
+        should_stop: Callable[[], bool] | None = None, progress_bar: bool = True) -> list[dict]:
+    """Train ``model`` on ``data``'s training conditions; checkpoint each epoch into ``run_dir``.
+
+    Returns the history rows (one per step). ``resume_state`` (a loaded checkpoint)
+    continues from its last finished epoch; ``should_stop`` ends training after the
+    current step and saves a checkpoint.
+    """
+    from tqdm.auto import tqdm
+
+    config, device = model.config, torch.device(device)
+    net = model.net.to(device).train()
+    opt = torch.optim.AdamW(net.parameters(), lr=config.train.lr,
+                            weight_decay=config.train.weight_decay)
+    x = torch.from_numpy(data.x).to(device)
+    cond_all = encode(model.vocab, condition_rows(data.train_conditions())).to(device)
+    history, epoch0, step = [], 0, 0
+    if resume_state is not None:
+        opt.load_state_dict(resume_state["optimizer"])
+        epoch0, step = int(resume_state["epoch"]), int(resume_state["step"])
+        history = read_history(Path(run_dir) / keys.HISTORY_FILE) if run_dir else []
+        torch.set_rng_state(resume_state["torch_rng"].cpu())
+    n_pairs = sum(len(c.perturbed) for c in data.train_conditions())
+    steps_per_epoch = -(-n_pairs // config.train.batch_size)
+    total = steps_per_epoch * config.train.epochs
+    bar = tqdm(total=total, initial=step, disable=not progress_bar, desc="train", unit="step")
+    start = time.perf_counter() - (history[-1]["seconds"] if history else 0.0)
+    amp = device.type == "cuda"
+    stopped = False
+    for epoch in range(epoch0, config.train.epochs):
+        rng = np.random.default_rng([config.seed, epoch])  # pairing is reproducible on resume
+        i0, i1, ci = epoch_pairs(data, config, rng)
+        order = torch.from_numpy(rng.permutation(len(i0)))
+        i0, i1, ci = (torch.from_numpy(a)[order].to(device) for a in (i0, i1, ci))
+        for s in range(0, len(order), config.train.batch_size):
+            rows = slice(s, s + config.train.batch_size)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+                l_cont, l_disc = losses(model, x[i0[rows]], x[i1[rows]], cond_all[ci[rows]], config)
+                loss = l_cont + config.bridge.disc_weight * l_disc
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            step += 1
+            row = {"step": step, "epoch": epoch + 1, "loss_cont": l_cont.item(),
+                   "loss_disc": l_disc.item(), "loss": loss.item(),
+                   "seconds": round(time.perf_counter() - start, 3)}
+            history.append(row)
+            bar.update(1)
+            bar.set_postfix(cont=f"{row['loss_cont']:.4f}", disc=f"{row['loss_disc']:.4f}")
+            if callback:
+                callback(Progress(step, total, epoch + 1, row["loss_cont"], row["loss_disc"]))
+            if should_stop and should_stop():
+                stopped = True
+                break
+        if run_dir is not None:
+            _checkpoint(model, opt, Path(run_dir), epoch + (0 if stopped else 1), step, history)
+        if stopped:
+            break
+    bar.close()
+    net.eval()
+    return history
+
+
+def _checkpoint(model, opt, run_dir: Path, epoch: int, step: int, history: list[dict]) -> None:
+    state = model.state(optimizer=opt.state_dict(), epoch=epoch, step=step,
+                        torch_rng=torch.get_rng_state())
+    save_checkpoint(run_dir / keys.MODEL_FILE, state)
+    write_history(run_dir / keys.HISTORY_FILE, history)
+
+
+def write_history(path: Path, history: list[dict]) -> None:
+    from .model import atomic_write_text
+    import io
+
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=HISTORY_COLUMNS)
+    writer.writeheader()
+    writer.writerows(history)
+    atomic_write_text(path, buf.getvalue())
+
+
+def read_history(path: Path) -> list[dict]:
+    if not Path(path).exists():
+        return []
+    with open(path) as fh:
+        return [{k: (int(v) if k in ("step", "epoch") else float(v)) for k, v in row.items()}
+                for row in csv.DictReader(fh)]
+
+
+def load_model(run_dir: str | Path, device: torch.device | str = "cpu") -> tuple[Departures, dict]:
+    """The model of a run folder and its raw checkpoint state."""
+    state = load_checkpoint(Path(run_dir) / keys.MODEL_FILE, device="cpu")
+    return Departures.from_state(state), state
