@@ -60,6 +60,15 @@ def _parser() -> argparse.ArgumentParser:
     q.add_argument("--seed", type=int, default=0)
     q.add_argument("--device", default="auto")
     q.add_argument("--out", required=True, help="output .h5ad")
+
+    e = sub.add_parser("evaluate", help="score held-out conditions against baselines")
+    e.add_argument("run_dir")
+    e.add_argument("--out", help="output folder (default: RUN_DIR/eval)")
+    e.add_argument("--ablations", action="store_true",
+                   help="also train and score random_pairing and no_discrete")
+    e.add_argument("--steps", type=int, help="sampling steps (default: the run's, 50)")
+    e.add_argument("--seed", type=int, default=0)
+    e.add_argument("--device", default="auto")
     return p
 
 
@@ -118,10 +127,26 @@ def _predict(args) -> None:
     print(f"wrote {pred.n_obs} predicted cells x {pred.n_vars} genes to {out}", file=sys.stderr)
 
 
+def _evaluate(args) -> None:
+    from . import runs
+    from .evaluate import evaluate_run
+    from .train import resolve_device
+
+    run = runs.open_run(args.run_dir)
+    ev = evaluate_run(run, ablations=args.ablations, seed=args.seed, steps=args.steps,
+                      device=str(resolve_device(args.device)))
+    out = Path(args.out) if args.out else Path(args.run_dir) / "eval"
+    ev.save(out)
+    print(ev.table().to_string(float_format=lambda v: f"{v:.4f}"))
+    for s in ev.skipped:
+        print(f"skipped {s['perturbation']} / {s['cell_type']}: {s['reason']}", file=sys.stderr)
+    print(f"wrote {out / 'metrics.csv'} and {out / 'summary.json'}", file=sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
-        {"train": _train, "predict": _predict}[args.command](args)
+        {"train": _train, "predict": _predict, "evaluate": _evaluate}[args.command](args)
     except DeparturesError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return USER_ERROR

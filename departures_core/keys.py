@@ -48,3 +48,5 @@ MODEL_FILE = "model.pt"
 SPLIT_FILE = "split.json"
 HISTORY_FILE = "history.csv"
 DATA_FILE = "data.h5ad"
+PROGRESS_FILE = "progress.json"  # live step/total/losses, rewritten about once a second
+STOP_FILE = "STOP"  # created by the app (or a user) to stop training after the current step

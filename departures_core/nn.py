@@ -122,8 +122,8 @@ class Trunk(nn.Module):
 class DeparturesNet(nn.Module):
     """Both bridges over a shared conditioning encoder.
 
-    ``x1_hat(x_t, x0, t, c) = x0 + f(x_t, x0, t, c)`` (endpoint as a residual on the control
-    cell) and ``logits(d_t, x_t, x0, t, c)`` of ``p(d1 = 1)``.
+    ``x1_hat(x_t, x0, t, c) = (1 - t) x0 + t x_t + f(x_t, x0, t, c)`` (endpoint as a
+    residual on the control cell, blended towards the current state as t -> 1) and ``logits(d_t, x_t, x0, t, c)`` of ``p(d1 = 1)``.
     """
 
     def __init__(self, n_genes: int, encoder: ConditionEncoder, *, hidden: int, cond_dim: int,
@@ -139,8 +139,11 @@ class DeparturesNet(nn.Module):
     def embed(self, cond_emb: Tensor, t: Tensor) -> Tensor:
         return cond_emb + self.time(sinusoidal(t, self.cond_dim))
 
-    def endpoint(self, x_t: Tensor, x0: Tensor, emb: Tensor) -> Tensor:
-        return x0 + self.cont(torch.cat([x_t, x0], dim=-1), emb)
+    def endpoint(self, x_t: Tensor, x0: Tensor, t: Tensor, emb: Tensor) -> Tensor:
+        # Skip blends the control cell (exact at t=0) and the current state (exact at t=1),
+        # so the network learns only the correction, never an identity map.
+        skip = (1.0 - t) * x0 + t * x_t
+        return skip + self.cont(torch.cat([x_t, x0], dim=-1), emb)
 
     def activation_logits(self, d_t: Tensor, x_t: Tensor, x0: Tensor, emb: Tensor) -> Tensor:
         return self.disc(torch.cat([d_t, x_t, x0], dim=-1), emb)

@@ -82,14 +82,17 @@ def solve(
         Perturbed cells.
     """
     import ot
+    from threadpoolctl import threadpool_limits
 
     if epsilon <= 0:
         raise ValueError(f"epsilon must be > 0, got {epsilon}")
-    c = cost_matrix(x0, x1, cost=cost)
-    a = np.full(c.shape[0], 1.0 / c.shape[0])
-    b = np.full(c.shape[1], 1.0 / c.shape[1])
-    with warnings.catch_warnings():
+    # Multithreaded BLAS on these small matrices fights torch's spinning OpenMP threads
+    # (100x slower measured); one thread is fastest up to the 512-cell minibatches we use.
+    with threadpool_limits(1, user_api="blas"), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # non-convergence is reported by `converged`
+        c = cost_matrix(x0, x1, cost=cost)
+        a = np.full(c.shape[0], 1.0 / c.shape[0])
+        b = np.full(c.shape[1], 1.0 / c.shape[1])
         plan, log = ot.sinkhorn(a, b, c, reg=epsilon, numItermax=max_iter, stopThr=stop_thr,
                                 log=True)
     err = np.abs(plan.sum(1) - a).sum() + np.abs(plan.sum(0) - b).sum()

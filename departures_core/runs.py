@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -56,8 +57,47 @@ def train(adata: ad.AnnData, config: RunConfig, run_dir: str | Path, *, resume: 
         _write_run_files(run_dir, prepared, config, data.split)
         model, state = Departures.build(data, config), None
     atomic_write_text(run_dir / keys.CONFIG_FILE, config.to_json())
-    return fit(model, data, run_dir=run_dir, device=device, resume_state=state,
-               callback=callback, should_stop=should_stop, progress_bar=progress_bar)
+    (run_dir / keys.STOP_FILE).unlink(missing_ok=True)
+    reporter = ProgressFile(run_dir / keys.PROGRESS_FILE, device, callback)
+    try:
+        history = fit(model, data, run_dir=run_dir, device=device, resume_state=state,
+                      callback=reporter, progress_bar=progress_bar,
+                      should_stop=should_stop or (lambda: (run_dir / keys.STOP_FILE).exists()))
+    except BaseException as exc:  # the app reads the failure from progress.json
+        reporter.fail(exc)
+        raise
+    reporter.finish(history)
+    return history
+
+
+class ProgressFile:
+    """Writes ``progress.json`` (step, total, epoch, losses, state) at most once a second."""
+
+    def __init__(self, path: Path, device, callback=None):
+        self.path, self.device, self.callback, self.last = path, str(device), callback, 0.0
+
+    def __call__(self, p) -> None:
+        if self.callback:
+            self.callback(p)
+        now = time.monotonic()
+        if now - self.last >= 1.0 or p.step == p.total_steps:
+            self.last = now
+            self._write("running", step=p.step, total=p.total_steps, epoch=p.epoch,
+                        loss_cont=p.loss_cont, loss_disc=p.loss_disc)
+
+    def finish(self, history: list[dict]) -> None:
+        done = json.loads(self.path.read_text()) if self.path.exists() else {}
+        step = history[-1]["step"] if history else 0
+        state = "finished" if step >= done.get("total", step) else "stopped"
+        self._write(state, **{**done, "step": step})
+
+    def fail(self, exc: BaseException) -> None:
+        reason = "interrupted" if isinstance(exc, KeyboardInterrupt) else f"{type(exc).__name__}: {exc}"
+        self._write("failed", error=reason)
+
+    def _write(self, state: str, **fields) -> None:
+        atomic_write_text(self.path, json.dumps({"state": state, "device": self.device,
+                                                 **fields}))
 
 
 def _write_run_files(run_dir: Path, prepared: ad.AnnData, config: RunConfig, split: Split) -> None:

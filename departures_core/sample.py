@@ -37,6 +37,9 @@ class Simulation:
     d_path: np.ndarray | None = None
 
 
+_TARGET = lambda x1_hat, p1, d: x1_hat * d
+
+
 @torch.no_grad()
 def _simulate_chunk(net: DeparturesNet, x0: Tensor, cond: CondTensors, *, steps: int,
                     sigma: float, generator: torch.Generator, trajectory: bool):
@@ -48,17 +51,18 @@ def _simulate_chunk(net: DeparturesNet, x0: Tensor, cond: CondTensors, *, steps:
     discrete = net.disc is not None
     for k in range(steps):
         t = k * h
-        emb = net.embed(cond_emb, torch.full((len(x), 1), t, device=x.device))
-        x1_hat = net.endpoint(x, x0, emb)
+        tt = torch.full((len(x), 1), t, device=x.device)
+        emb = net.embed(cond_emb, tt)
+        x1_hat = net.endpoint(x, x0, tt, emb)
         p1 = torch.sigmoid(net.activation_logits(d, x, x0, emb)) if discrete else None
-        last = k == steps - 1
-        if last:
-            x = x1_hat
-        else:
-            noise = torch.randn(x.shape, generator=generator, device=x.device)
-            x = sde.euler_maruyama_step(x, x1_hat, t, h, sigma, noise)
         if discrete:
             d = ctmc.step(d, p1, t, h, generator)  # jump probability is 1 on the last step
+        if k == steps - 1:
+            x = x1_hat
+        else:
+            target = _TARGET(x1_hat, p1, d) if discrete else x1_hat
+            noise = torch.randn(x.shape, generator=generator, device=x.device)
+            x = sde.euler_maruyama_step(x, target, t, h, sigma, noise)
         if trajectory:
             xs.append(x.cpu())
             ds.append(d.cpu())
