@@ -17,9 +17,10 @@ def _csv(value: str) -> tuple[str, ...]:
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m departures_core",
-                                description="Departures: perturbation prediction with "
-                                            "neural Schrödinger bridges.")
+    p = argparse.ArgumentParser(
+        prog="python -m departures_core",
+        description="Departures: perturbation prediction with neural Schrödinger bridges.",
+    )
     sub = p.add_subparsers(dest="command", required=True)
 
     t = sub.add_parser("train", help="train a model on an .h5ad into a run folder")
@@ -31,16 +32,23 @@ def _parser() -> argparse.ArgumentParser:
     split = t.add_mutually_exclusive_group()
     split.add_argument("--holdout", type=_csv, help="comma-separated perturbations to hold out")
     split.add_argument("--holdout-fraction", type=float, help="seeded fraction to hold out")
-    t.add_argument("--holdout-cell-type", type=_csv, default=(),
-                   help="comma-separated cell types whose perturbed cells are held out")
+    t.add_argument(
+        "--holdout-cell-type",
+        type=_csv,
+        default=(),
+        help="comma-separated cell types whose perturbed cells are held out",
+    )
     d, tr, o = DataConfig(), TrainConfig(), OTConfig()
     t.add_argument("--epochs", type=int, default=tr.epochs)
     t.add_argument("--batch-size", type=int, default=tr.batch_size)
     t.add_argument("--lr", type=float, default=tr.lr)
     t.add_argument("--n-genes", type=int, default=d.n_genes)
     t.add_argument("--min-cells", type=int, default=d.min_cells)
-    t.add_argument("--drop-rare", action="store_true",
-                   help="drop perturbations with fewer than --min-cells cells")
+    t.add_argument(
+        "--drop-rare",
+        action="store_true",
+        help="drop perturbations with fewer than --min-cells cells",
+    )
     t.add_argument("--epsilon", type=float, default=o.epsilon, help="Sinkhorn regularisation")
     t.add_argument("--cost", choices=("euclidean", "cosine"), default=o.cost)
     t.add_argument("--pairing", choices=("ot", "random"), default=o.pairing)
@@ -64,8 +72,11 @@ def _parser() -> argparse.ArgumentParser:
     e = sub.add_parser("evaluate", help="score held-out conditions against baselines")
     e.add_argument("run_dir")
     e.add_argument("--out", help="output folder (default: RUN_DIR/eval)")
-    e.add_argument("--ablations", action="store_true",
-                   help="also train and score random_pairing and no_discrete")
+    e.add_argument(
+        "--ablations",
+        action="store_true",
+        help="also train and score random_pairing and no_discrete",
+    )
     e.add_argument("--steps", type=int, help="sampling steps (default: the run's, 50)")
     e.add_argument("--seed", type=int, default=0)
     e.add_argument("--device", default="auto")
@@ -80,22 +91,34 @@ def _config(args, adata) -> RunConfig:
         keys = io.ObsKeys(args.perturbation_key, args.control)
     else:
         keys = io.detect_keys(adata)
-    cell_type_key = args.cell_type_key or (keys.cell_type_key if not args.perturbation_key else None)
+    cell_type_key = args.cell_type_key or (
+        keys.cell_type_key if not args.perturbation_key else None
+    )
     data = DataConfig(
         perturbation_key=args.perturbation_key or keys.perturbation_key,
-        control=args.control or keys.control, cell_type_key=cell_type_key,
-        dose_key=args.dose_key, n_genes=args.n_genes, min_cells=args.min_cells,
-        drop_rare=args.drop_rare, holdout=args.holdout or (),
-        holdout_fraction=(args.holdout_fraction if args.holdout_fraction is not None
-                          else DataConfig.holdout_fraction),
-        holdout_cell_types=args.holdout_cell_type)
+        control=args.control or keys.control,
+        cell_type_key=cell_type_key,
+        dose_key=args.dose_key,
+        n_genes=args.n_genes,
+        min_cells=args.min_cells,
+        drop_rare=args.drop_rare,
+        holdout=args.holdout or (),
+        holdout_fraction=(
+            args.holdout_fraction
+            if args.holdout_fraction is not None
+            else DataConfig.holdout_fraction
+        ),
+        holdout_cell_types=args.holdout_cell_type,
+    )
     return RunConfig(
         data=data,
         ot=OTConfig(pairing=args.pairing, epsilon=args.epsilon, cost=args.cost),
         bridge=BridgeConfig(discrete=not args.no_discrete),
-        train=TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-                          device=args.device),
-        seed=args.seed)
+        train=TrainConfig(
+            epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, device=args.device
+        ),
+        seed=args.seed,
+    )
 
 
 def _train(args) -> None:
@@ -105,8 +128,11 @@ def _train(args) -> None:
         from .train import load_model
 
         model, _ = load_model(args.out)
-        cfg = model.config.replace(train=TrainConfig(
-            epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, device=args.device))
+        cfg = model.config.replace(
+            train=TrainConfig(
+                epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, device=args.device
+            )
+        )
         runs.train(None, cfg, args.out, resume=True)
     else:
         adata = io.read(args.data) if args.data else io.load_demo()
@@ -118,9 +144,16 @@ def _predict(args) -> None:
     from . import runs
 
     run = runs.open_run(args.run_dir)
-    pred = runs.predict(run, args.perturbation, cell_type=args.cell_type, n_cells=args.n_cells,
-                        steps=args.steps, seed=args.seed, trajectory=args.trajectory,
-                        device=args.device)
+    pred = runs.predict(
+        run,
+        args.perturbation,
+        cell_type=args.cell_type,
+        n_cells=args.n_cells,
+        steps=args.steps,
+        seed=args.seed,
+        trajectory=args.trajectory,
+        device=args.device,
+    )
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     pred.write_h5ad(out)
@@ -133,8 +166,13 @@ def _evaluate(args) -> None:
     from .train import resolve_device
 
     run = runs.open_run(args.run_dir)
-    ev = evaluate_run(run, ablations=args.ablations, seed=args.seed, steps=args.steps,
-                      device=str(resolve_device(args.device)))
+    ev = evaluate_run(
+        run,
+        ablations=args.ablations,
+        seed=args.seed,
+        steps=args.steps,
+        device=str(resolve_device(args.device)),
+    )
     out = Path(args.out) if args.out else Path(args.run_dir) / "eval"
     ev.save(out)
     print(ev.table().to_string(float_format=lambda v: f"{v:.4f}"))

@@ -62,7 +62,7 @@ class ModelConfig:
 @dataclass(frozen=True)
 class TrainConfig:
     epochs: int = 20
-    batch_size: int = 256
+    batch_size: int = 64
     lr: float = 1e-3
     weight_decay: float = 1e-4
     device: str = "auto"

@@ -66,8 +66,9 @@ class Split:
         return cls(tuple(d["train"]), tuple(d["holdout"]), tuple(d.get("holdout_cell_types", ())))
 
 
-def make_split(perturbations: list[str], cell_types: list[str], cfg: DataConfig, *,
-               seed: int) -> Split:
+def make_split(
+    perturbations: list[str], cell_types: list[str], cfg: DataConfig, *, seed: int
+) -> Split:
     """Hold out the listed perturbations, or a seeded fraction of them; and listed cell types."""
     perturbations = sorted(perturbations)
     unknown = [p for p in cfg.holdout if p not in perturbations]
@@ -78,8 +79,10 @@ def make_split(perturbations: list[str], cell_types: list[str], cfg: DataConfig,
         )
     bad_ct = [c for c in cfg.holdout_cell_types if c not in cell_types]
     if bad_ct:
-        raise SplitError(f"Hold-out cell type(s) not in the data: {', '.join(bad_ct)}. "
-                         f"Known: {', '.join(cell_types)}.")
+        raise SplitError(
+            f"Hold-out cell type(s) not in the data: {', '.join(bad_ct)}. "
+            f"Known: {', '.join(cell_types)}."
+        )
     if cfg.holdout:
         holdout = sorted(cfg.holdout)
     elif cfg.holdout_cell_types:
@@ -92,8 +95,9 @@ def make_split(perturbations: list[str], cell_types: list[str], cfg: DataConfig,
         holdout = sorted(rng.choice(perturbations, size=n, replace=False).tolist()) if n else []
     train = [p for p in perturbations if p not in holdout]
     if not train or (set(cfg.holdout_cell_types) >= set(cell_types)):
-        raise SplitError("The split leaves nothing to train on; hold out fewer perturbations "
-                         "or cell types.")
+        raise SplitError(
+            "The split leaves nothing to train on; hold out fewer perturbations or cell types."
+        )
     return Split(tuple(train), tuple(holdout), tuple(sorted(cfg.holdout_cell_types)))
 
 
@@ -124,12 +128,19 @@ class PerturbationData:
         return [c for c in self.conditions if c.held_out]
 
     def find(self, perturbation: str, cell_type: str) -> Condition | None:
-        return next((c for c in self.conditions
-                     if c.perturbation == perturbation and c.cell_type == cell_type), None)
+        return next(
+            (
+                c
+                for c in self.conditions
+                if c.perturbation == perturbation and c.cell_type == cell_type
+            ),
+            None,
+        )
 
 
-def populations(adata: ad.AnnData, cfg: DataConfig, *, seed: int,
-                split: Split | None = None) -> PerturbationData:
+def populations(
+    adata: ad.AnnData, cfg: DataConfig, *, seed: int, split: Split | None = None
+) -> PerturbationData:
     """Build `PerturbationData` from a validated, preprocessed AnnData.
 
     ``split`` reuses a saved split (resume, evaluation); otherwise one is made from ``cfg``.
@@ -147,8 +158,15 @@ def populations(adata: ad.AnnData, cfg: DataConfig, *, seed: int,
     perts = sorted(set(pert.tolist()) - {cfg.control})
     cell_types = sorted(set(ctype.tolist()))
     split = split or make_split(perts, cell_types, cfg, seed=seed)
-    data = PerturbationData(np.ascontiguousarray(x, dtype=np.float32), list(map(str, adata.var_names)),
-                            adata.obs_names.to_numpy(), pert, ctype, cfg.control, split)
+    data = PerturbationData(
+        np.ascontiguousarray(x, dtype=np.float32),
+        list(map(str, adata.var_names)),
+        adata.obs_names.to_numpy(),
+        pert,
+        ctype,
+        cfg.control,
+        split,
+    )
     missing_ctrl = set()
     for (p, ct, d), idx in _group(pert, ctype, dose, cfg.control).items():
         ctrl = data.control_indices(ct)
@@ -157,8 +175,11 @@ def populations(adata: ad.AnnData, cfg: DataConfig, *, seed: int,
             continue
         data.conditions.append(Condition(p, ct, d, idx, ctrl, split.is_held_out(p, ct)))
     if missing_ctrl:
-        warnings.warn(f"Cell type(s) without control cells were skipped: {sorted(missing_ctrl)}. "
-                      "Their perturbations cannot be paired.", stacklevel=2)
+        warnings.warn(
+            f"Cell type(s) without control cells were skipped: {sorted(missing_ctrl)}. "
+            "Their perturbations cannot be paired.",
+            stacklevel=2,
+        )
     if not data.train_conditions():
         raise SplitError("No training condition has control cells of its cell type.")
     return data
@@ -166,7 +187,7 @@ def populations(adata: ad.AnnData, cfg: DataConfig, *, seed: int,
 
 def _group(pert, ctype, dose, control) -> dict[tuple[str, str, float], np.ndarray]:
     groups: dict[tuple[str, str, float], list[int]] = {}
-    for i, (p, ct, d) in enumerate(zip(pert, ctype, dose)):
+    for i, (p, ct, d) in enumerate(zip(pert, ctype, dose, strict=True)):
         if p != control:
             groups.setdefault((p, ct, float(d)), []).append(i)
     return {k: np.asarray(v) for k, v in sorted(groups.items())}

@@ -36,14 +36,19 @@ class Evaluation:
             v = values.dropna()
             out.setdefault(method, {})[metric] = {
                 "mean": float(v.mean()) if len(v) else None,
-                "median": float(v.median()) if len(v) else None, "n": int(len(v))}
+                "median": float(v.median()) if len(v) else None,
+                "n": int(len(v)),
+            }
         return out
 
-    def table(self, columns=("e_distance", "e_distance_de20", "emd", "activation_pcc",
-                             "pearson_delta_de20")) -> pd.DataFrame:
+    def table(
+        self,
+        columns=("e_distance", "e_distance_de20", "emd", "activation_pcc", "pearson_delta_de20"),
+    ) -> pd.DataFrame:
         """Median per method (rows) and metric (columns)."""
-        wide = self.metrics.pivot_table(index="method", columns="metric", values="value",
-                                        aggfunc="median")
+        wide = self.metrics.pivot_table(
+            index="method", columns="metric", values="value", aggfunc="median"
+        )
         order = [m for m in METHODS if m in wide.index]
         return wide.loc[order, [c for c in columns if c in wide.columns]]
 
@@ -51,16 +56,20 @@ class Evaluation:
         out_dir = Path(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_text(out_dir / "metrics.csv", self.metrics.to_csv(index=False))
-        atomic_write_text(out_dir / "summary.json", json.dumps(
-            {"summary": self.summary(), "skipped": self.skipped}, indent=2))
+        atomic_write_text(
+            out_dir / "summary.json",
+            json.dumps({"summary": self.summary(), "skipped": self.skipped}, indent=2),
+        )
 
 
 def mean_shift_predictor(data: PerturbationData) -> Predictor:
     """Control + the perturbation's own mean shift if it was seen in training (in another
     cell type), else the mean shift over training conditions of the same cell type (all
     training conditions when that cell type has none)."""
-    shifts = {(c.perturbation, c.cell_type): data.x[c.perturbed].mean(0) - data.x[c.control].mean(0)
-              for c in data.train_conditions()}
+    shifts = {
+        (c.perturbation, c.cell_type): data.x[c.perturbed].mean(0) - data.x[c.control].mean(0)
+        for c in data.train_conditions()
+    }
 
     def predict(cond: Condition) -> np.ndarray:
         own = [s for (p, _), s in shifts.items() if p == cond.perturbation]
@@ -71,15 +80,23 @@ def mean_shift_predictor(data: PerturbationData) -> Predictor:
     return predict
 
 
-def model_predictor(run, *, seed: int = 0, steps: int | None = None, device: str = "cpu") -> Predictor:
+def model_predictor(
+    run, *, seed: int = 0, steps: int | None = None, device: str = "cpu"
+) -> Predictor:
     """One predicted cell per control cell of the condition."""
     model = run.model
 
     def predict(cond: Condition) -> np.ndarray:
         rows = condition_rows([cond]) * len(cond.control)
-        return simulate(model.net, run.data.x[cond.control], encode(model.vocab, rows),
-                        steps=steps or model.config.bridge.steps, sigma=model.config.bridge.sigma,
-                        seed=seed, device=device).prediction
+        return simulate(
+            model.net,
+            run.data.x[cond.control],
+            encode(model.vocab, rows),
+            steps=steps or model.config.bridge.steps,
+            sigma=model.config.bridge.sigma,
+            seed=seed,
+            device=device,
+        ).prediction
 
     return predict
 
@@ -88,13 +105,21 @@ def de_genes(data: PerturbationData, cond: Condition, n: int = 40) -> list[str]:
     """Top DE genes of the observed perturbed cells vs the condition's controls (t-test)."""
     idx = np.concatenate([cond.control, cond.perturbed])
     group = np.array(["control"] * len(cond.control) + ["perturbed"] * len(cond.perturbed))
-    sub = ad.AnnData(X=data.x[idx], obs=pd.DataFrame({"group": pd.Categorical(group)}),
-                     var=pd.DataFrame(index=data.genes))
+    sub = ad.AnnData(
+        X=data.x[idx],
+        obs=pd.DataFrame({"group": pd.Categorical(group)}),
+        var=pd.DataFrame(index=data.genes),
+    )
     return metrics.top_de_genes(sub, groupby="group", group="perturbed", reference="control", n=n)
 
 
-def evaluate(data: PerturbationData, predictors: dict[str, Predictor], *,
-             min_cells: int = MIN_CELLS, progress: bool = True) -> Evaluation:
+def evaluate(
+    data: PerturbationData,
+    predictors: dict[str, Predictor],
+    *,
+    min_cells: int = MIN_CELLS,
+    progress: bool = True,
+) -> Evaluation:
     """Score every held-out condition with every predictor."""
     from tqdm.auto import tqdm
 
@@ -102,40 +127,62 @@ def evaluate(data: PerturbationData, predictors: dict[str, Predictor], *,
     conditions = data.heldout_conditions()
     for cond in tqdm(conditions, desc="evaluate", disable=not progress):
         if len(cond.perturbed) < min_cells or len(cond.control) < 2:
-            skipped.append({"perturbation": cond.perturbation, "cell_type": cond.cell_type,
-                            "n_cells": int(len(cond.perturbed)),
-                            "reason": f"fewer than {min_cells} perturbed cells"})
+            skipped.append(
+                {
+                    "perturbation": cond.perturbation,
+                    "cell_type": cond.cell_type,
+                    "n_cells": int(len(cond.perturbed)),
+                    "reason": f"fewer than {min_cells} perturbed cells",
+                }
+            )
             continue
         obs, ctrl = data.x[cond.perturbed], data.x[cond.control]
         top = de_genes(data, cond)
         for method, predict in predictors.items():
-            scores = metrics.condition_metrics(predict(cond), obs, ctrl, genes=data.genes,
-                                               de_genes=top)
-            records += [{"method": method, "perturbation": cond.perturbation,
-                         "cell_type": cond.cell_type, "metric": k, "value": v}
-                        for k, v in scores.items()]
-    frame = pd.DataFrame(records, columns=["method", "perturbation", "cell_type", "metric",
-                                           "value"])
+            scores = metrics.condition_metrics(
+                predict(cond), obs, ctrl, genes=data.genes, de_genes=top
+            )
+            records += [
+                {
+                    "method": method,
+                    "perturbation": cond.perturbation,
+                    "cell_type": cond.cell_type,
+                    "metric": k,
+                    "value": v,
+                }
+                for k, v in scores.items()
+            ]
+    frame = pd.DataFrame(
+        records, columns=["method", "perturbation", "cell_type", "metric", "value"]
+    )
     return Evaluation(frame, skipped)
 
 
-ABLATIONS = {"random_pairing": {"ot": {"pairing": "random"}},
-             "no_discrete": {"bridge": {"discrete": False}}}
+ABLATIONS = {
+    "random_pairing": {"ot": {"pairing": "random"}},
+    "no_discrete": {"bridge": {"discrete": False}},
+}
 
 
 def ablation_config(config, name: str, split):
     """``config`` with one ablation applied and the run's split pinned."""
     import dataclasses
 
-    changes = {section: dataclasses.replace(getattr(config, section), **values)
-               for section, values in ABLATIONS[name].items()}
-    data = dataclasses.replace(config.data, holdout=tuple(split.holdout), holdout_fraction=0.0,
-                               holdout_cell_types=tuple(split.holdout_cell_types))
+    changes = {
+        section: dataclasses.replace(getattr(config, section), **values)
+        for section, values in ABLATIONS[name].items()
+    }
+    data = dataclasses.replace(
+        config.data,
+        holdout=tuple(split.holdout),
+        holdout_fraction=0.0,
+        holdout_cell_types=tuple(split.holdout_cell_types),
+    )
     return config.replace(data=data, **changes)
 
 
 def train_ablations(run, *, progress_bar: bool = True) -> dict:
-    """Train (or reuse) each ablation in ``RUN_DIR/ablations/<name>`` on the run's data and split."""
+    """Train (or reuse) each ablation in ``RUN_DIR/ablations/<name>``, same data and split."""
     from . import io, keys, runs
 
     out = {}
@@ -149,8 +196,15 @@ def train_ablations(run, *, progress_bar: bool = True) -> dict:
     return out
 
 
-def evaluate_run(run, *, ablations: bool = False, seed: int = 0, steps: int | None = None,
-                 device: str = "cpu", progress: bool = True) -> Evaluation:
+def evaluate_run(
+    run,
+    *,
+    ablations: bool = False,
+    seed: int = 0,
+    steps: int | None = None,
+    device: str = "cpu",
+    progress: bool = True,
+) -> Evaluation:
     """Departures, the baselines and (optionally) the ablations on the run's held-out conditions."""
     predictors: dict[str, Predictor] = {
         "departures": model_predictor(run, seed=seed, steps=steps, device=device),

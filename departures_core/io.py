@@ -101,10 +101,10 @@ def detect_keys(adata: ad.AnnData) -> ObsKeys:
             f"'control' or 'ctrl'. Columns present: {', '.join(map(str, obs.columns)) or 'none'}. "
             "Name the column and control value explicitly."
         )
-    cell_type_key = next(
-        (lowered[c] for c in keys.CELL_TYPE_CANDIDATES if c in lowered), None
+    cell_type_key = next((lowered[c] for c in keys.CELL_TYPE_CANDIDATES if c in lowered), None)
+    dose_key = next(
+        (lowered[c.lower()] for c in keys.DOSE_CANDIDATES if c.lower() in lowered), None
     )
-    dose_key = next((lowered[c.lower()] for c in keys.DOSE_CANDIDATES if c.lower() in lowered), None)
     return ObsKeys(pert_key, control, cell_type_key, dose_key)
 
 

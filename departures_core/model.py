@@ -1,4 +1,4 @@
-"""The model facade: vocabulary, network, self-describing checkpoints. Model code stays AnnData-free."""
+"""The model facade: vocabulary, network, self-describing checkpoints (no AnnData here)."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from . import grn
 from .config import RunConfig
 from .data import Condition, PerturbationData, Split, tokens_of
 from .errors import RunError, UnknownPerturbationError
-from .nn import PAD, UNKNOWN, CondTensors, ConditionEncoder, DeparturesNet, GRNEncoder
+from .nn import PAD, UNKNOWN, ConditionEncoder, CondTensors, DeparturesNet, GRNEncoder
 
 CHECKPOINT_FORMAT = 1
 
@@ -49,12 +49,18 @@ class Vocabulary:
 
     def unknown_parts(self, perturbation: str) -> list[str]:
         """Parts with neither a learned embedding nor graph features: the 'unknown' fallback."""
-        return [p for p in tokens_of(perturbation)
-                if self.token_id(p) == UNKNOWN and self.gene_id(p) < 0]
+        return [
+            p
+            for p in tokens_of(perturbation)
+            if self.token_id(p) == UNKNOWN and self.gene_id(p) < 0
+        ]
 
     def to_dict(self) -> dict:
-        return {"genes": list(self.genes), "tokens": list(self.tokens),
-                "cell_types": list(self.cell_types)}
+        return {
+            "genes": list(self.genes),
+            "tokens": list(self.tokens),
+            "cell_types": list(self.cell_types),
+        }
 
 
 def build_vocabulary(data: PerturbationData) -> Vocabulary:
@@ -74,7 +80,8 @@ def encode(vocab: Vocabulary, rows: list[tuple[str, str, float]]) -> CondTensors
     for r, (pert, cell_type, _) in enumerate(rows):
         if cell_type not in vocab.cell_types:
             raise UnknownPerturbationError(
-                f"Unknown cell type '{cell_type}'. Known: {', '.join(vocab.cell_types)}.")
+                f"Unknown cell type '{cell_type}'. Known: {', '.join(vocab.cell_types)}."
+            )
         ct[r] = vocab.cell_types.index(cell_type)
         for j, part in enumerate(tokens_of(pert)):
             tok[r, j], gen[r, j] = vocab.token_id(part), vocab.gene_id(part)
@@ -86,14 +93,24 @@ def condition_rows(conditions: list[Condition]) -> list[tuple[str, str, float]]:
     return [(c.perturbation, c.cell_type, c.dose) for c in conditions]
 
 
-def build_net(vocab: Vocabulary, config: RunConfig, buffers: dict[str, torch.Tensor]) -> DeparturesNet:
+def build_net(
+    vocab: Vocabulary, config: RunConfig, buffers: dict[str, torch.Tensor]
+) -> DeparturesNet:
     m = config.model
-    encoder_grn = GRNEncoder(buffers["gene_features"], buffers["edge_index"],
-                             buffers["edge_weight"], m.cond_dim)
-    encoder = ConditionEncoder(len(vocab.tokens) + 2, buffers["ct_context"], encoder_grn,
-                               m.cond_dim, m.token_dropout)
-    return DeparturesNet(len(vocab.genes), encoder, hidden=m.hidden, cond_dim=m.cond_dim,
-                         n_layers=m.n_layers, discrete=config.bridge.discrete)
+    encoder_grn = GRNEncoder(
+        buffers["gene_features"], buffers["edge_index"], buffers["edge_weight"], m.cond_dim
+    )
+    encoder = ConditionEncoder(
+        len(vocab.tokens) + 2, buffers["ct_context"], encoder_grn, m.cond_dim, m.token_dropout
+    )
+    return DeparturesNet(
+        len(vocab.genes),
+        encoder,
+        hidden=m.hidden,
+        cond_dim=m.cond_dim,
+        n_layers=m.n_layers,
+        discrete=config.bridge.discrete,
+    )
 
 
 def data_buffers(data: PerturbationData, config: RunConfig, rng: np.random.Generator) -> dict:
@@ -129,13 +146,17 @@ class Departures:
         known from the data or the split."""
         unknown = self.vocab.unknown_parts(perturbation)
         known_labels = set(self.split.train) | set(self.split.holdout)
-        if unknown and len(unknown) == len(tokens_of(perturbation)) and (
-                perturbation not in known_labels):
+        if (
+            unknown
+            and len(unknown) == len(tokens_of(perturbation))
+            and (perturbation not in known_labels)
+        ):
             close = difflib.get_close_matches(perturbation, sorted(known_labels), n=3)
             hint = f" Did you mean {', '.join(close)}?" if close else ""
             raise UnknownPerturbationError(
                 f"Unknown perturbation '{perturbation}': not in the data and none of its genes "
-                f"is measured or seen in training.{hint}")
+                f"is measured or seen in training.{hint}"
+            )
         return unknown
 
     # -- checkpoints -----------------------------------------------------------------------
@@ -157,9 +178,15 @@ class Departures:
         vocab = Vocabulary(tuple(v["genes"]), tuple(v["tokens"]), tuple(v["cell_types"]))
         split = Split.from_dict(json.loads(state["split"]))
         weights = state["model"]
-        buffers = {name: weights[f"encoder.{prefix}{name}"] for prefix, name in (
-            ("grn.", "gene_features"), ("grn.", "edge_index"), ("grn.", "edge_weight"),
-            ("", "ct_context"))}
+        buffers = {
+            name: weights[f"encoder.{prefix}{name}"]
+            for prefix, name in (
+                ("grn.", "gene_features"),
+                ("grn.", "edge_index"),
+                ("grn.", "edge_weight"),
+                ("", "ct_context"),
+            )
+        }
         net = build_net(vocab, config, buffers)
         net.load_state_dict(weights)
         return cls(config, vocab, split, net)
@@ -199,11 +226,14 @@ def load_checkpoint(path: Path, device: torch.device | str = "cpu") -> dict:
     try:
         state = torch.load(path, map_location=device, weights_only=True)
     except Exception as exc:
-        raise RunError(f"{path} is corrupt or not a Departures checkpoint ({exc}). "
-                       "Retrain, or resume from an intact copy.") from exc
+        raise RunError(
+            f"{path} is corrupt or not a Departures checkpoint ({exc}). "
+            "Retrain, or resume from an intact copy."
+        ) from exc
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
-        raise RunError(f"{path} was written by an incompatible version of Departures "
-                       f"(format {state.get('format') if isinstance(state, dict) else '?'}, "
-                       f"expected {CHECKPOINT_FORMAT}). Retrain with this version.")
+        raise RunError(
+            f"{path} was written by an incompatible version of Departures "
+            f"(format {state.get('format') if isinstance(state, dict) else '?'}, "
+            f"expected {CHECKPOINT_FORMAT}). Retrain with this version."
+        )
     return state
-

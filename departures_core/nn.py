@@ -21,11 +21,14 @@ class CondTensors:
     dose: Tensor  # (n,) float
 
     def __getitem__(self, rows) -> CondTensors:
-        return CondTensors(self.tokens[rows], self.genes[rows], self.cell_type[rows], self.dose[rows])
+        return CondTensors(
+            self.tokens[rows], self.genes[rows], self.cell_type[rows], self.dose[rows]
+        )
 
     def to(self, device) -> CondTensors:
-        return CondTensors(*(t.to(device) for t in (self.tokens, self.genes, self.cell_type,
-                                                     self.dose)))
+        return CondTensors(
+            *(t.to(device) for t in (self.tokens, self.genes, self.cell_type, self.dose))
+        )
 
 
 def sinusoidal(t: Tensor, dim: int) -> Tensor:
@@ -68,8 +71,14 @@ class GRNEncoder(nn.Module):
 class ConditionEncoder(nn.Module):
     """(perturbation parts, cell type, dose) -> one vector, shared by both bridges."""
 
-    def __init__(self, n_tokens: int, ct_context: Tensor, grn: GRNEncoder, dim: int,
-                 token_dropout: float = 0.1):
+    def __init__(
+        self,
+        n_tokens: int,
+        ct_context: Tensor,
+        grn: GRNEncoder,
+        dim: int,
+        token_dropout: float = 0.1,
+    ):
         super().__init__()
         self.token_dropout = token_dropout
         self.tokens = nn.Embedding(n_tokens, dim, padding_idx=PAD)
@@ -88,7 +97,8 @@ class ConditionEncoder(nn.Module):
         tokens = cond.tokens
         if self.training and self.token_dropout > 0:
             drop = (torch.rand(tokens.shape, device=tokens.device) < self.token_dropout) & (
-                tokens > UNKNOWN)
+                tokens > UNKNOWN
+            )
             tokens = torch.where(drop, torch.full_like(tokens, UNKNOWN), tokens)
         parts = self.tokens(tokens) + self.grn(cond.genes)
         gate = 2 * torch.sigmoid(self.dose_gate(torch.log1p(cond.dose)[:, None]))
@@ -113,7 +123,7 @@ class Trunk(nn.Module):
 
     def forward(self, x: Tensor, emb: Tensor) -> Tensor:
         h = self.inp(x)
-        for lin, film, norm in zip(self.blocks, self.film, self.norms):
+        for lin, film, norm in zip(self.blocks, self.film, self.norms, strict=True):
             scale, shift = film(emb).chunk(2, dim=-1)
             h = h + lin(nn.functional.silu(norm(h) * (1 + scale) + shift))
         return self.out(nn.functional.silu(h))
@@ -123,16 +133,26 @@ class DeparturesNet(nn.Module):
     """Both bridges over a shared conditioning encoder.
 
     ``x1_hat(x_t, x0, t, c) = (1 - t) x0 + t x_t + f(x_t, x0, t, c)`` (endpoint as a
-    residual on the control cell, blended towards the current state as t -> 1) and ``logits(d_t, x_t, x0, t, c)`` of ``p(d1 = 1)``.
+    residual on the control cell, blended towards the current state as t -> 1) and
+    ``logits(d_t, x_t, x0, t, c)`` of ``p(d1 = 1)``.
     """
 
-    def __init__(self, n_genes: int, encoder: ConditionEncoder, *, hidden: int, cond_dim: int,
-                 n_layers: int, discrete: bool = True):
+    def __init__(
+        self,
+        n_genes: int,
+        encoder: ConditionEncoder,
+        *,
+        hidden: int,
+        cond_dim: int,
+        n_layers: int,
+        discrete: bool = True,
+    ):
         super().__init__()
         self.cond_dim = cond_dim
         self.encoder = encoder
-        self.time = nn.Sequential(nn.Linear(cond_dim, cond_dim), nn.SiLU(),
-                                  nn.Linear(cond_dim, cond_dim))
+        self.time = nn.Sequential(
+            nn.Linear(cond_dim, cond_dim), nn.SiLU(), nn.Linear(cond_dim, cond_dim)
+        )
         self.cont = Trunk(2 * n_genes, n_genes, hidden, cond_dim, n_layers)
         self.disc = Trunk(3 * n_genes, n_genes, hidden, cond_dim, n_layers) if discrete else None
 

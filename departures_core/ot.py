@@ -93,21 +93,26 @@ def solve(
         c = cost_matrix(x0, x1, cost=cost)
         a = np.full(c.shape[0], 1.0 / c.shape[0])
         b = np.full(c.shape[1], 1.0 / c.shape[1])
-        plan, log = ot.sinkhorn(a, b, c, reg=epsilon, numItermax=max_iter, stopThr=stop_thr,
-                                log=True)
+        plan, log = ot.sinkhorn(
+            a, b, c, reg=epsilon, numItermax=max_iter, stopThr=stop_thr, log=True
+        )
     err = np.abs(plan.sum(1) - a).sum() + np.abs(plan.sum(0) - b).sum()
     n_iter = int(log.get("niter", max_iter))
     return Coupling(plan, c, float(err), bool(n_iter < max_iter), n_iter, epsilon, cost)
 
 
-def sample_pairs(coupling: Coupling, n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+def sample_pairs(
+    coupling: Coupling, n: int, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
     """Draw ``n`` pairs ``(i, j)`` from the plan as a joint distribution."""
     p = coupling.plan.ravel()
     flat = rng.choice(p.size, size=n, p=p / p.sum())
     return np.divmod(flat, coupling.plan.shape[1])
 
 
-def random_pairs(n0: int, n1: int, n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+def random_pairs(
+    n0: int, n1: int, n: int, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
     """The ablation: ``n`` pairs drawn from the independent (uniform) coupling."""
     return rng.integers(0, n0, size=n), rng.integers(0, n1, size=n)
 

@@ -1,4 +1,4 @@
-"""Scanpy-based preprocessing: counts -> log-normalised, gene selection with perturbed genes kept."""
+"""Scanpy preprocessing: counts -> log-normalised; gene selection keeping perturbed genes."""
 
 from __future__ import annotations
 
@@ -51,11 +51,16 @@ def preprocess(
         adata.layers[keys.COUNTS_LAYER] = adata.X.copy()
         sc.pp.normalize_total(adata, target_sum=1e4)
         sc.pp.log1p(adata)
-    adata.X = sp.csr_matrix(adata.X, dtype=np.float32) if sp.issparse(adata.X) else (
-        np.asarray(adata.X, dtype=np.float32)
+    adata.X = (
+        sp.csr_matrix(adata.X, dtype=np.float32)
+        if sp.issparse(adata.X)
+        else (np.asarray(adata.X, dtype=np.float32))
     )
-    forced = [g for g in perturbed_genes(adata.obs[perturbation_key], control=control)
-              if g in adata.var_names]
+    forced = [
+        g
+        for g in perturbed_genes(adata.obs[perturbation_key], control=control)
+        if g in adata.var_names
+    ]
     if adata.n_vars > n_genes:
         mask = _select_genes(adata, forced, n_genes)
         adata._inplace_subset_var(mask)
@@ -73,8 +78,9 @@ def _select_genes(adata: ad.AnnData, forced: list[str], n_genes: int) -> np.ndar
     n_hvg = max(n_genes - len(forced), 0)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        hvg = sc.pp.highly_variable_genes(adata, n_top_genes=max(n_hvg, 1), flavor="seurat",
-                                          inplace=False)
+        hvg = sc.pp.highly_variable_genes(
+            adata, n_top_genes=max(n_hvg, 1), flavor="seurat", inplace=False
+        )
     ranked = hvg["dispersions_norm"].to_numpy(dtype=float)
     ranked = np.nan_to_num(ranked, nan=-np.inf)
     forced_mask = adata.var_names.isin(forced)

@@ -30,12 +30,21 @@ def prepare(adata: ad.AnnData, config: RunConfig) -> ad.AnnData:
         io.validate(adata, obs_keys, min_cells=0)
         adata = io.drop_rare(adata, obs_keys, min_cells=d.min_cells)
     io.validate(adata, obs_keys, min_cells=d.min_cells)
-    return pp.preprocess(adata, perturbation_key=d.perturbation_key, control=d.control,
-                         n_genes=d.n_genes, copy=True)
+    return pp.preprocess(
+        adata, perturbation_key=d.perturbation_key, control=d.control, n_genes=d.n_genes, copy=True
+    )
 
 
-def train(adata: ad.AnnData, config: RunConfig, run_dir: str | Path, *, resume: bool = False,
-          callback=None, should_stop=None, progress_bar: bool = True) -> list[dict]:
+def train(
+    adata: ad.AnnData,
+    config: RunConfig,
+    run_dir: str | Path,
+    *,
+    resume: bool = False,
+    callback=None,
+    should_stop=None,
+    progress_bar: bool = True,
+) -> list[dict]:
     """Train a model on ``adata`` into ``run_dir`` (config, split, data, checkpoint, history).
 
     With ``resume=True`` training continues from ``run_dir``'s checkpoint, using the run's
@@ -60,9 +69,16 @@ def train(adata: ad.AnnData, config: RunConfig, run_dir: str | Path, *, resume: 
     (run_dir / keys.STOP_FILE).unlink(missing_ok=True)
     reporter = ProgressFile(run_dir / keys.PROGRESS_FILE, device, callback)
     try:
-        history = fit(model, data, run_dir=run_dir, device=device, resume_state=state,
-                      callback=reporter, progress_bar=progress_bar,
-                      should_stop=should_stop or (lambda: (run_dir / keys.STOP_FILE).exists()))
+        history = fit(
+            model,
+            data,
+            run_dir=run_dir,
+            device=device,
+            resume_state=state,
+            callback=reporter,
+            progress_bar=progress_bar,
+            should_stop=should_stop or (lambda: (run_dir / keys.STOP_FILE).exists()),
+        )
     except BaseException as exc:  # the app reads the failure from progress.json
         reporter.fail(exc)
         raise
@@ -82,31 +98,41 @@ class ProgressFile:
         now = time.monotonic()
         if now - self.last >= 1.0 or p.step == p.total_steps:
             self.last = now
-            self._write("running", step=p.step, total=p.total_steps, epoch=p.epoch,
-                        loss_cont=p.loss_cont, loss_disc=p.loss_disc)
+            self._write(
+                "running",
+                step=p.step,
+                total=p.total_steps,
+                epoch=p.epoch,
+                loss_cont=p.loss_cont,
+                loss_disc=p.loss_disc,
+            )
 
     def finish(self, history: list[dict]) -> None:
-        done = json.loads(self.path.read_text()) if self.path.exists() else {}
+        last = json.loads(self.path.read_text()) if self.path.exists() else {}
+        last = {k: v for k, v in last.items() if k not in ("state", "device")}
         step = history[-1]["step"] if history else 0
-        state = "finished" if step >= done.get("total", step) else "stopped"
-        self._write(state, **{**done, "step": step})
+        state = "finished" if step >= last.get("total", step) else "stopped"
+        self._write(state, **{**last, "step": step})
 
     def fail(self, exc: BaseException) -> None:
-        reason = "interrupted" if isinstance(exc, KeyboardInterrupt) else f"{type(exc).__name__}: {exc}"
+        reason = (
+            "interrupted" if isinstance(exc, KeyboardInterrupt) else f"{type(exc).__name__}: {exc}"
+        )
         self._write("failed", error=reason)
 
     def _write(self, state: str, **fields) -> None:
-        atomic_write_text(self.path, json.dumps({"state": state, "device": self.device,
-                                                 **fields}))
+        atomic_write_text(self.path, json.dumps({"state": state, "device": self.device, **fields}))
 
 
 def _write_run_files(run_dir: Path, prepared: ad.AnnData, config: RunConfig, split: Split) -> None:
     atomic_write_text(run_dir / keys.SPLIT_FILE, json.dumps(split.to_dict(), indent=2))
     keep = [config.data.perturbation_key, config.data.cell_type_key, config.data.dose_key]
     slim = ad.AnnData(
-        X=prepared.X, obs=prepared.obs[[k for k in keep if k]].copy(),
+        X=prepared.X,
+        obs=prepared.obs[[k for k in keep if k]].copy(),
         var=pd.DataFrame(index=prepared.var_names.copy()),
-        uns={"departures_pp": prepared.uns.get("departures_pp", {})})
+        uns={"departures_pp": prepared.uns.get("departures_pp", {})},
+    )
     for col in slim.obs.columns:
         slim.obs[col] = slim.obs[col].astype(str)
     tmp = run_dir / f".{keys.DATA_FILE}.tmp"
@@ -141,8 +167,10 @@ class Run:
 def open_run(run_dir: str | Path) -> Run:
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
-        raise RunError(f"Run folder {run_dir} does not exist. Train one with "
-                       "`python -m departures_core train ... --out RUN_DIR`.")
+        raise RunError(
+            f"Run folder {run_dir} does not exist. Train one with "
+            "`python -m departures_core train ... --out RUN_DIR`."
+        )
     model, state = load_model(run_dir)
     data = open_data(run_dir, model.config, model.split)
     if list(data.genes) != list(model.vocab.genes):
@@ -150,9 +178,17 @@ def open_run(run_dir: str | Path) -> Run:
     return Run(run_dir, model, data, int(state["epoch"]))
 
 
-def predict(run: Run, perturbation: str, *, cell_type: str | None = None,
-            n_cells: int | None = None, steps: int | None = None, seed: int = 0,
-            trajectory: bool = False, device: str = "cpu") -> ad.AnnData:
+def predict(
+    run: Run,
+    perturbation: str,
+    *,
+    cell_type: str | None = None,
+    n_cells: int | None = None,
+    steps: int | None = None,
+    seed: int = 0,
+    trajectory: bool = False,
+    device: str = "cpu",
+) -> ad.AnnData:
     """Predicted cells of ``perturbation`` from the control cells of each cell type.
 
     ``cell_type`` None predicts in every cell type where the perturbation was observed
@@ -175,23 +211,42 @@ def predict(run: Run, perturbation: str, *, cell_type: str | None = None,
         starts.append(pick)
         rows += [(perturbation, ct, dose)] * len(pick)
         held = cond.held_out if cond is not None else True
-        obs.append(pd.DataFrame({keys.PERTURBATION: perturbation, keys.CELL_TYPE: ct,
-                                 keys.DOSE: dose, keys.CONTROL_CELL: data.cell_names[pick],
-                                 keys.HELD_OUT: held}))
+        obs.append(
+            pd.DataFrame(
+                {
+                    keys.PERTURBATION: perturbation,
+                    keys.CELL_TYPE: ct,
+                    keys.DOSE: dose,
+                    keys.CONTROL_CELL: data.cell_names[pick],
+                    keys.HELD_OUT: held,
+                }
+            )
+        )
     start = np.concatenate(starts)
-    sim = simulate(model.net, data.x[start], encode(model.vocab, rows),
-                   steps=steps or model.config.bridge.steps, sigma=model.config.bridge.sigma,
-                   seed=seed, trajectory=trajectory, device=resolve_device(device))
-    return to_anndata(sim, pd.concat(obs, ignore_index=True), data.genes,
-                      {"seed": seed, "steps": len(sim.t) - 1, "unknown_parts": unknown,
-                       "run": str(run.path)})
+    sim = simulate(
+        model.net,
+        data.x[start],
+        encode(model.vocab, rows),
+        steps=steps or model.config.bridge.steps,
+        sigma=model.config.bridge.sigma,
+        seed=seed,
+        trajectory=trajectory,
+        device=resolve_device(device),
+    )
+    return to_anndata(
+        sim,
+        pd.concat(obs, ignore_index=True),
+        data.genes,
+        {"seed": seed, "steps": len(sim.t) - 1, "unknown_parts": unknown, "run": str(run.path)},
+    )
 
 
 def _cell_types_for(data: PerturbationData, perturbation: str, cell_type: str | None) -> list[str]:
     if cell_type is not None:
         if cell_type not in data.cell_types:
             raise UnknownPerturbationError(
-                f"Unknown cell type '{cell_type}'. Known: {', '.join(data.cell_types)}.")
+                f"Unknown cell type '{cell_type}'. Known: {', '.join(data.cell_types)}."
+            )
         return [cell_type]
     seen = sorted({c.cell_type for c in data.conditions if c.perturbation == perturbation})
     return seen or data.cell_types
@@ -205,8 +260,9 @@ def to_anndata(sim: Simulation, obs: pd.DataFrame, genes: list[str], info: dict)
     if sim.d1_hat is not None:
         out.layers["activation"] = sim.d1_hat.astype(np.uint8)
     if sim.x_path is not None:
-        out.obsm[keys.TRAJECTORY_X] = np.ascontiguousarray(sim.x_path.transpose(1, 0, 2),
-                                                           dtype=np.float32)
+        out.obsm[keys.TRAJECTORY_X] = np.ascontiguousarray(
+            sim.x_path.transpose(1, 0, 2), dtype=np.float32
+        )
         out.obsm[keys.TRAJECTORY_D] = np.ascontiguousarray(sim.d_path.transpose(1, 0, 2))
         out.uns[keys.TRAJECTORY_T] = sim.t
     out.uns[keys.PREDICTION_UNS] = info

@@ -37,12 +37,17 @@ class Simulation:
     d_path: np.ndarray | None = None
 
 
-_TARGET = lambda x1_hat, p1, d: x1_hat * d
-
-
 @torch.no_grad()
-def _simulate_chunk(net: DeparturesNet, x0: Tensor, cond: CondTensors, *, steps: int,
-                    sigma: float, generator: torch.Generator, trajectory: bool):
+def _simulate_chunk(
+    net: DeparturesNet,
+    x0: Tensor,
+    cond: CondTensors,
+    *,
+    steps: int,
+    sigma: float,
+    generator: torch.Generator,
+    trajectory: bool,
+):
     h = 1.0 / steps
     cond_emb = net.encoder(cond)
     x = x0.clone()
@@ -60,7 +65,10 @@ def _simulate_chunk(net: DeparturesNet, x0: Tensor, cond: CondTensors, *, steps:
         if k == steps - 1:
             x = x1_hat
         else:
-            target = _TARGET(x1_hat, p1, d) if discrete else x1_hat
+            # x1_hat estimates x1 given the gene is active (its loss is masked to active
+            # genes); genes currently off are carried towards 0, as the bridge to an inactive
+            # endpoint is in training. Measured: this beats x1_hat * p1 and raw x1_hat.
+            target = x1_hat * d if discrete else x1_hat
             noise = torch.randn(x.shape, generator=generator, device=x.device)
             x = sde.euler_maruyama_step(x, target, t, h, sigma, noise)
         if trajectory:
@@ -69,9 +77,18 @@ def _simulate_chunk(net: DeparturesNet, x0: Tensor, cond: CondTensors, *, steps:
     return x, (d if discrete else None), xs, ds
 
 
-def simulate(net: DeparturesNet, x0: np.ndarray, cond: CondTensors, *, steps: int = 50,
-             sigma: float = 0.2, seed: int = 0, trajectory: bool = False,
-             device: torch.device | str = "cpu", chunk: int = 2048) -> Simulation:
+def simulate(
+    net: DeparturesNet,
+    x0: np.ndarray,
+    cond: CondTensors,
+    *,
+    steps: int = 50,
+    sigma: float = 0.2,
+    seed: int = 0,
+    trajectory: bool = False,
+    device: torch.device | str = "cpu",
+    chunk: int = 2048,
+) -> Simulation:
     """Simulate both bridges from control cells ``x0`` (shape (n, n_genes)) under ``cond``.
 
     ``cond`` has one row per cell. The same ``seed`` gives the same samples.
@@ -85,8 +102,15 @@ def simulate(net: DeparturesNet, x0: np.ndarray, cond: CondTensors, *, steps: in
     for start in range(0, len(x0), chunk):
         rows = slice(start, start + chunk)
         x0_t = torch.as_tensor(x0[rows], dtype=torch.float32, device=device)
-        x, d, xs, ds = _simulate_chunk(net, x0_t, cond[rows].to(device), steps=steps,
-                                       sigma=sigma, generator=gen, trajectory=trajectory)
+        x, d, xs, ds = _simulate_chunk(
+            net,
+            x0_t,
+            cond[rows].to(device),
+            steps=steps,
+            sigma=sigma,
+            generator=gen,
+            trajectory=trajectory,
+        )
         out_x.append(x.cpu())
         out_d.append(d.cpu() if d is not None else None)
         if trajectory:

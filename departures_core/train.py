@@ -28,22 +28,30 @@ def resolve_device(device: str = "auto") -> torch.device:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device.startswith("cuda") and not torch.cuda.is_available():
-        raise DeparturesError("--device cuda was asked for but no CUDA GPU is available; "
-                              "use --device cpu or auto.")
+        raise DeparturesError(
+            "--device cuda was asked for but no CUDA GPU is available; use --device cpu or auto."
+        )
     if device != "cpu" and not device.startswith("cuda"):
         raise DeparturesError(f"Unknown device '{device}'; use auto, cpu or cuda.")
     return torch.device(device)
 
 
 def epoch_pairs(data: PerturbationData, config: RunConfig, rng: np.random.Generator):
-    """OT (or random) pairs of every training condition: global control/perturbed rows, condition."""
+    """OT (or random) pairs of every training condition: control rows, perturbed rows, condition."""
     c = config.ot
     i0, i1, cond = [], [], []
     for k, condition in enumerate(data.train_conditions()):
         a, b = ot.pair_condition(
-            data.x[condition.control], data.x[condition.perturbed], rng, pairing=c.pairing,
-            batch_size=c.batch_size, epsilon=c.epsilon, cost=c.cost, max_iter=c.max_iter,
-            stop_thr=c.stop_thr)
+            data.x[condition.control],
+            data.x[condition.perturbed],
+            rng,
+            pairing=c.pairing,
+            batch_size=c.batch_size,
+            epsilon=c.epsilon,
+            cost=c.cost,
+            max_iter=c.max_iter,
+            stop_thr=c.stop_thr,
+        )
         i0.append(condition.control[a])
         i1.append(condition.perturbed[b])
         cond.append(np.full(len(a), k))
@@ -76,10 +84,17 @@ class Progress:
     loss_disc: float
 
 
-def fit(model: Departures, data: PerturbationData, *, run_dir: str | Path | None = None,
-        device: torch.device | str = "cpu", resume_state: dict | None = None,
-        callback: Callable[[Progress], None] | None = None,
-        should_stop: Callable[[], bool] | None = None, progress_bar: bool = True) -> list[dict]:
+def fit(
+    model: Departures,
+    data: PerturbationData,
+    *,
+    run_dir: str | Path | None = None,
+    device: torch.device | str = "cpu",
+    resume_state: dict | None = None,
+    callback: Callable[[Progress], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
+    progress_bar: bool = True,
+) -> list[dict]:
     """Train ``model`` on ``data``'s training conditions; checkpoint each epoch into ``run_dir``.
 
     Returns the history rows (one per step). ``resume_state`` (a loaded checkpoint)
@@ -90,8 +105,9 @@ def fit(model: Departures, data: PerturbationData, *, run_dir: str | Path | None
 
     config, device = model.config, torch.device(device)
     net = model.net.to(device).train()
-    opt = torch.optim.AdamW(net.parameters(), lr=config.train.lr,
-                            weight_decay=config.train.weight_decay)
+    opt = torch.optim.AdamW(
+        net.parameters(), lr=config.train.lr, weight_decay=config.train.weight_decay
+    )
     x = torch.from_numpy(data.x).to(device)
     cond_all = encode(model.vocab, condition_rows(data.train_conditions())).to(device)
     history, epoch0, step = [], 0, 0
@@ -121,9 +137,14 @@ def fit(model: Departures, data: PerturbationData, *, run_dir: str | Path | None
             loss.backward()
             opt.step()
             step += 1
-            row = {"step": step, "epoch": epoch + 1, "loss_cont": l_cont.item(),
-                   "loss_disc": l_disc.item(), "loss": loss.item(),
-                   "seconds": round(time.perf_counter() - start, 3)}
+            row = {
+                "step": step,
+                "epoch": epoch + 1,
+                "loss_cont": l_cont.item(),
+                "loss_disc": l_disc.item(),
+                "loss": loss.item(),
+                "seconds": round(time.perf_counter() - start, 3),
+            }
             history.append(row)
             bar.update(1)
             bar.set_postfix(cont=f"{row['loss_cont']:.4f}", disc=f"{row['loss_disc']:.4f}")
@@ -142,15 +163,17 @@ def fit(model: Departures, data: PerturbationData, *, run_dir: str | Path | None
 
 
 def _checkpoint(model, opt, run_dir: Path, epoch: int, step: int, history: list[dict]) -> None:
-    state = model.state(optimizer=opt.state_dict(), epoch=epoch, step=step,
-                        torch_rng=torch.get_rng_state())
+    state = model.state(
+        optimizer=opt.state_dict(), epoch=epoch, step=step, torch_rng=torch.get_rng_state()
+    )
     save_checkpoint(run_dir / keys.MODEL_FILE, state)
     write_history(run_dir / keys.HISTORY_FILE, history)
 
 
 def write_history(path: Path, history: list[dict]) -> None:
-    from .model import atomic_write_text
     import io
+
+    from .model import atomic_write_text
 
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=HISTORY_COLUMNS)
@@ -163,8 +186,10 @@ def read_history(path: Path) -> list[dict]:
     if not Path(path).exists():
         return []
     with open(path) as fh:
-        return [{k: (int(v) if k in ("step", "epoch") else float(v)) for k, v in row.items()}
-                for row in csv.DictReader(fh)]
+        return [
+            {k: (int(v) if k in ("step", "epoch") else float(v)) for k, v in row.items()}
+            for row in csv.DictReader(fh)
+        ]
 
 
 def load_model(run_dir: str | Path, device: torch.device | str = "cpu") -> tuple[Departures, dict]:

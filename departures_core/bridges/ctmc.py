@@ -6,7 +6,9 @@ import torch
 from torch import Tensor
 
 
-def sample_dt(d0: Tensor, d1: Tensor, t: Tensor, generator: torch.Generator | None = None) -> Tensor:
+def sample_dt(
+    d0: Tensor, d1: Tensor, t: Tensor, generator: torch.Generator | None = None
+) -> Tensor:
     """Each gene of ``d_t`` is ``d1`` with probability ``t``, else ``d0``. ``t``: shape (n, 1)."""
     u = torch.rand(d0.shape, generator=generator, device=d0.device, dtype=t.dtype)
     return torch.where(u < t, d1, d0)

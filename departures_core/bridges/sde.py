@@ -16,7 +16,9 @@ def std_t(t: Tensor, sigma: float) -> Tensor:
     return sigma * torch.sqrt(torch.clamp(t * (1.0 - t), min=0.0))
 
 
-def sample_xt(x0: Tensor, x1: Tensor, t: Tensor, sigma: float, noise: Tensor | None = None) -> Tensor:
+def sample_xt(
+    x0: Tensor, x1: Tensor, t: Tensor, sigma: float, noise: Tensor | None = None
+) -> Tensor:
     """Draw ``x_t`` from the bridge marginal.
 
     Parameters

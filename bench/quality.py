@@ -1,0 +1,119 @@
+"""Prediction quality on held-out conditions of the real datasets in ../shared/data.
+
+    python bench/quality.py [--seeds 0,1,2] [--datasets perturbench,kang,zhao] [--out bench/out]
+
+For each dataset and seed: train Departures and the ablations (random pairing, no
+discrete bridge) on one split, score the held-out conditions together with the
+`control` and `mean_shift` baselines, and print one table: rows = dataset x method,
+columns = median over held-out conditions of each metric, as mean ± sd over seeds,
+plus the training time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from departures_core import evaluate, io, runs  # noqa: E402
+from departures_core.config import DataConfig, RunConfig  # noqa: E402
+
+DATA = ROOT.parent / "shared" / "data"
+COLUMNS = ("e_distance", "e_distance_de20", "emd", "activation_pcc", "pearson_delta_de20")
+
+# One split per dataset, the classic task for each.
+DATASETS = {
+    "perturbench": (
+        "perturbench_devel_norman19_mcfaline23.h5ad",
+        DataConfig(
+            perturbation_key="condition",
+            control="control",
+            cell_type_key="cell_type",
+            holdout_fraction=0.25,
+        ),
+    ),  # held-out perturbations (seeded)
+    "kang": (
+        "kang2018_pbmc_ifnb_scgen_valid.h5ad",
+        DataConfig(
+            perturbation_key="condition",
+            control="control",
+            cell_type_key="cell_type",
+            holdout_cell_types=("CD4T",),
+        ),
+    ),  # held-out cell type (scGen / CellOT task)
+    "zhao": (
+        "zhao2021_gbm_panobinostat.h5ad",
+        DataConfig(
+            perturbation_key="perturbation",
+            control="control",
+            cell_type_key="patient_id",
+            dose_key="dose_uM",
+            holdout_cell_types=("PW034",),
+        ),
+    ),  # held-out patient
+}
+
+
+def run_one(name: str, seed: int, out: Path, epochs: int | None) -> tuple[pd.DataFrame, float]:
+    file, data_cfg = DATASETS[name]
+    config = RunConfig(data=data_cfg, seed=seed)
+    if epochs:
+        config = config.replace(train=config.train.__class__(epochs=epochs))
+    run_dir = out / f"{name}-seed{seed}"
+    start = time.perf_counter()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        if not (run_dir / "model.pt").exists():
+            runs.train(io.read(DATA / file), config, run_dir, progress_bar=False)
+        train_seconds = time.perf_counter() - start
+        run = runs.open_run(run_dir)
+        ev = evaluate.evaluate_run(run, ablations=True, seed=seed, progress=False)
+    ev.save(run_dir / "eval")
+    table = ev.table(COLUMNS)
+    table["dataset"], table["seed"] = name, seed
+    return table.reset_index(), train_seconds
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--seeds", default="0,1,2")
+    ap.add_argument("--datasets", default=",".join(DATASETS))
+    ap.add_argument("--epochs", type=int, help="override the default epochs")
+    ap.add_argument("--out", default=str(ROOT / "bench" / "out" / "quality"))
+    args = ap.parse_args()
+    out = Path(args.out)
+    frames, times = [], {}
+    for name in args.datasets.split(","):
+        for seed in map(int, args.seeds.split(",")):
+            frame, seconds = run_one(name, seed, out, args.epochs)
+            frames.append(frame)
+            times.setdefault(name, []).append(seconds)
+            print(f"done {name} seed {seed} ({seconds:.0f} s training)", file=sys.stderr)
+    scores = pd.concat(frames)
+    scores.to_csv(out / "quality_per_seed.csv", index=False)
+    print(format_table(scores, times))
+
+
+def format_table(scores: pd.DataFrame, times: dict[str, list[float]]) -> str:
+    cols = [c for c in COLUMNS if c in scores.columns]
+    lines = [
+        "| dataset | method | " + " | ".join(cols) + " | train s |",
+        "|---|---|" + "---|" * (len(cols) + 1),
+    ]
+    for (dataset, method), group in scores.groupby(["dataset", "method"], sort=False):
+        cells = [f"{group[c].mean():.3f} ± {group[c].std(ddof=0):.3f}" for c in cols]
+        t = f"{np.mean(times[dataset]):.0f}" if method == "departures" else ""
+        lines.append(f"| {dataset} | {method} | " + " | ".join(cells) + f" | {t} |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()

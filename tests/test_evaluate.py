@@ -1,0 +1,155 @@
+"""Evaluation: long-format metrics, baselines, ablation configs, the CLI, quality on real data."""
+
+import json
+import subprocess
+import sys
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import pytest
+
+from departures_core import evaluate, metrics, runs
+from departures_core.config import DataConfig, RunConfig, TrainConfig
+from departures_core.data import populations
+
+ROOT = evaluate.__file__.rsplit("/departures_core/", 1)[0]
+
+
+def _synthetic(n_small: int = 30) -> ad.AnnData:
+    """Two cell types; P raises gene 0 by 2 in A and by 3 in B; Q may be rare; R does nothing."""
+    rng = np.random.default_rng(0)
+    rows, obs = [], []
+    for ct, shift in (("A", 2.0), ("B", 3.0)):
+        for label, n in (("ctrl", 40), ("P", 40), ("Q", n_small), ("R", 40)):
+            x = rng.gamma(2.0, 0.5, size=(n, 5))
+            if label == "P":
+                x[:, 0] += shift
+            rows.append(x)
+            obs += [(label, ct)] * n
+    obs = pd.DataFrame(obs, columns=["pert", "ct"])
+    obs.index = obs.index.astype(str)
+    return ad.AnnData(
+        np.vstack(rows).astype(np.float32),
+        obs=obs,
+        var=pd.DataFrame(index=[f"g{i}" for i in range(5)]),
+    )
+
+
+def test_mean_shift_uses_the_perturbations_own_shift_when_seen():
+    cfg = DataConfig(
+        perturbation_key="pert", control="ctrl", cell_type_key="ct", holdout_cell_types=("B",)
+    )
+    data = populations(_synthetic(), cfg, seed=0)
+    cond = data.find("P", "B")
+    assert cond.held_out
+    pred = evaluate.mean_shift_predictor(data)(cond)
+    train_a = data.find("P", "A")
+    own = data.x[train_a.perturbed].mean(0) - data.x[train_a.control].mean(0)
+    np.testing.assert_allclose(pred, data.x[cond.control] + own, rtol=1e-5)
+    assert own[0] > 1.5  # the shift of A, not the average over P and Q
+
+
+def test_mean_shift_falls_back_to_the_mean_training_shift():
+    cfg = DataConfig(perturbation_key="pert", control="ctrl", cell_type_key="ct", holdout=("P",))
+    data = populations(_synthetic(), cfg, seed=0)
+    cond = data.find("P", "A")
+    shifts = [
+        data.x[c.perturbed].mean(0) - data.x[c.control].mean(0)
+        for c in (data.find("Q", "A"), data.find("R", "A"))
+    ]
+    pred = evaluate.mean_shift_predictor(data)(cond)
+    np.testing.assert_allclose(pred, data.x[cond.control] + np.mean(shifts, 0), rtol=1e-5)
+
+
+def test_small_conditions_are_skipped_and_listed():
+    cfg = DataConfig(
+        perturbation_key="pert", control="ctrl", cell_type_key="ct", holdout=("P", "Q")
+    )
+    data = populations(_synthetic(n_small=6), cfg, seed=0)
+    ev = evaluate.evaluate(data, {"control": lambda c: data.x[c.control]}, progress=False)
+    assert {(s["perturbation"], s["cell_type"]) for s in ev.skipped} == {("Q", "A"), ("Q", "B")}
+    assert set(ev.metrics["perturbation"]) == {"P"}
+    assert list(ev.metrics.columns) == ["method", "perturbation", "cell_type", "metric", "value"]
+
+
+def test_ablation_config_pins_the_split_and_flips_one_switch():
+    split = runs.Split(("A",), ("B", "C"), ())
+    base = RunConfig(data=DataConfig(holdout_fraction=0.25))
+    rp = evaluate.ablation_config(base, "random_pairing", split)
+    nd = evaluate.ablation_config(base, "no_discrete", split)
+    assert rp.ot.pairing == "random" and rp.bridge.discrete
+    assert nd.bridge.discrete is False and nd.ot.pairing == "ot"
+    assert rp.data.holdout == ("B", "C") and rp.data.holdout_fraction == 0.0
+
+
+def test_evaluate_run_scores_every_heldout_condition(run):
+    ev = evaluate.evaluate_run(run, steps=5, progress=False)
+    assert set(ev.metrics["method"]) == {"departures", "control", "mean_shift"}
+    scored = {
+        (c.perturbation, c.cell_type)
+        for c in run.data.heldout_conditions()
+        if len(c.perturbed) >= evaluate.MIN_CELLS
+    }
+    got = set(zip(ev.metrics["perturbation"], ev.metrics["cell_type"], strict=True))
+    assert got == scored
+    per = ev.metrics.groupby(["method", "perturbation", "cell_type"])["metric"].nunique()
+    assert (per == len(metrics.METRIC_NAMES)).all()
+    summary = ev.summary()
+    assert summary["control"]["e_distance"]["median"] > 0
+    # The control baseline's activation PCC with itself as a prediction is high but not 1.
+    assert 0 < summary["control"]["activation_pcc"]["median"] < 1
+
+
+def test_cli_evaluate_writes_metrics_and_summary(trained, tmp_path):
+    run_dir, _ = trained
+    out = tmp_path / "eval"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "departures_core",
+            "evaluate",
+            str(run_dir),
+            "--out",
+            str(out),
+            "--steps",
+            "5",
+            "--device",
+            "cpu",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    frame = pd.read_csv(out / "metrics.csv")
+    assert list(frame.columns) == ["method", "perturbation", "cell_type", "metric", "value"]
+    assert set(frame["method"]) == {"departures", "control", "mean_shift"}
+    summary = json.loads((out / "summary.json").read_text())
+    assert set(summary["summary"]["departures"]["e_distance"]) == {"mean", "median", "n"}
+    assert "departures" in proc.stdout and "e_distance" in proc.stdout
+
+
+@pytest.fixture(scope="module")
+def real_run(tmp_path_factory, demo):
+    """A short default-size run on the demo (K562 + glioblastoma lines), ~25 s on 2 cores."""
+    cfg = RunConfig(
+        data=DataConfig(cell_type_key="cell_type", holdout_fraction=0.25),
+        train=TrainConfig(epochs=8, device="cpu"),
+    )
+    run_dir = tmp_path_factory.mktemp("real") / "run"
+    runs.train(demo, cfg, run_dir, progress_bar=False)
+    return runs.open_run(run_dir)
+
+
+def test_trained_model_is_closer_to_observed_cells_than_the_controls(real_run):
+    """On real data, predictions of training conditions beat the unchanged controls."""
+    data = real_run.data
+    predict = evaluate.model_predictor(real_run, steps=20)
+    conds = [c for c in data.train_conditions() if c.cell_type == "k562"][:8]
+    ours = [metrics.e_distance(predict(c), data.x[c.perturbed]) for c in conds]
+    ctrl = [metrics.e_distance(data.x[c.control], data.x[c.perturbed]) for c in conds]
+    assert np.median(ours) < np.median(ctrl)
+    pcc = [metrics.activation_pcc(predict(c), data.x[c.perturbed]) for c in conds]
+    assert np.median(pcc) > 0.9
