@@ -55,9 +55,21 @@ def sample_rate(data, config: RunConfig, device: str, n_cells: int = 2000) -> fl
 def cli_wall_time() -> float:
     with tempfile.TemporaryDirectory() as tmp:
         start = time.perf_counter()
-        subprocess.run([sys.executable, "-m", "departures_core", "train", "--device", "cpu",
-                        "--out", str(Path(tmp) / "run")], cwd=ROOT, check=True,
-                       stderr=subprocess.DEVNULL)
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "departures_core",
+                "train",
+                "--device",
+                "cpu",
+                "--out",
+                str(Path(tmp) / "run"),
+            ],
+            cwd=ROOT,
+            check=True,
+            stderr=subprocess.DEVNULL,
+        )
         return time.perf_counter() - start
 
 
@@ -73,8 +85,9 @@ def main() -> None:
     rows = []
     for device in devices:
         for label, pairing in (("OT pairing", "ot"), ("random pairing (baseline)", "random")):
-            cfg = base.replace(ot=OTConfig(pairing=pairing),
-                               train=TrainConfig(epochs=3, device=device))
+            cfg = base.replace(
+                ot=OTConfig(pairing=pairing), train=TrainConfig(epochs=3, device=device)
+            )
             rates = [train_rate(data, cfg, device) for _ in range(args.repeats)]
             rows.append((device, f"train cells/s, {label}", statistics.median(rates)))
         rates = [sample_rate(data, base, device) for _ in range(args.repeats)]
@@ -84,14 +97,18 @@ def main() -> None:
         rows.append(("cpu", "default `train` on demo, wall s", statistics.median(times)))
     ot_rate = {d: r for d, what, r in rows if what.startswith("train cells/s, OT")}
     rnd_rate = {d: r for d, what, r in rows if "random" in what}
-    print(f"\ntorch {torch.__version__}, threads {torch.get_num_threads()}, "
-          f"demo {data.x.shape[0]} cells x {data.x.shape[1]} genes, medians of {args.repeats}\n")
+    print(
+        f"\ntorch {torch.__version__}, threads {torch.get_num_threads()}, "
+        f"demo {data.x.shape[0]} cells x {data.x.shape[1]} genes, medians of {args.repeats}\n"
+    )
     print(f"| {'device':6} | {'measure':36} | {'value':>10} |")
     print(f"|{'-' * 8}|{'-' * 38}|{'-' * 12}|")
     for device, what, value in rows:
         print(f"| {device:6} | {what:36} | {value:10.1f} |")
     for d in ot_rate:
-        print(f"\n{d}: OT pairing runs at {ot_rate[d] / rnd_rate[d]:.2f}x the speed of random pairing")
+        print(
+            f"\n{d}: OT pairing runs at {ot_rate[d] / rnd_rate[d]:.2f}x the speed of random pairing"
+        )
 
 
 if __name__ == "__main__":

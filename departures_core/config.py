@@ -102,6 +102,30 @@ class RunConfig:
             kwargs[name] = kind(**values)
         return cls(**kwargs, seed=int(d.get("seed", 0)))
 
+    def check(self) -> RunConfig:
+        """Raise `ConfigError` naming the first out-of-range setting; return self."""
+        from .errors import ConfigError
+
+        rules = [
+            (self.train.epochs >= 1, f"epochs must be >= 1, got {self.train.epochs}"),
+            (self.train.batch_size >= 1, f"batch size must be >= 1, got {self.train.batch_size}"),
+            (self.train.lr > 0, f"learning rate must be > 0, got {self.train.lr}"),
+            (self.ot.epsilon > 0, f"epsilon must be > 0, got {self.ot.epsilon}"),
+            (self.ot.batch_size >= 2, f"OT batch size must be >= 2, got {self.ot.batch_size}"),
+            (self.ot.cost in ("euclidean", "cosine"), f"unknown OT cost '{self.ot.cost}'"),
+            (self.ot.pairing in ("ot", "random"), f"unknown pairing '{self.ot.pairing}'"),
+            (self.bridge.sigma > 0, f"sigma must be > 0, got {self.bridge.sigma}"),
+            (self.bridge.steps >= 1, f"steps must be >= 1, got {self.bridge.steps}"),
+            (self.data.n_genes >= 1, f"n_genes must be >= 1, got {self.data.n_genes}"),
+            (0 <= self.data.holdout_fraction < 1,
+             f"hold-out fraction must be in [0, 1), got {self.data.holdout_fraction}"),
+            (self.model.hidden >= 1 and self.model.cond_dim >= 2, "network sizes must be >= 2"),
+        ]
+        for ok, message in rules:
+            if not ok:
+                raise ConfigError(f"Invalid setting: {message}.")
+        return self
+
     def replace(self, **sections: Any) -> RunConfig:
         """Return a copy with sections replaced, e.g. ``cfg.replace(train=...)``."""
         return dataclasses.replace(self, **sections)

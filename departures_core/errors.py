@@ -35,3 +35,7 @@ class UnknownPerturbationError(DeparturesError):
 
 class RunError(DeparturesError):
     """A run folder is missing, incomplete, corrupt or incompatible."""
+
+
+class ConfigError(DeparturesError):
+    """A hyper-parameter is out of its valid range."""

@@ -92,7 +92,7 @@ def model_predictor(
             model.net,
             run.data.x[cond.control],
             encode(model.vocab, rows),
-            steps=steps or model.config.bridge.steps,
+            steps=model.config.bridge.steps if steps is None else steps,
             sigma=model.config.bridge.sigma,
             seed=seed,
             device=device,
@@ -206,6 +206,10 @@ def evaluate_run(
     progress: bool = True,
 ) -> Evaluation:
     """Departures, the baselines and (optionally) the ablations on the run's held-out conditions."""
+    if steps is not None and steps < 1:
+        from .errors import ConfigError
+
+        raise ConfigError(f"--steps must be >= 1, got {steps}.")
     predictors: dict[str, Predictor] = {
         "departures": model_predictor(run, seed=seed, steps=steps, device=device),
         "control": lambda cond: run.data.x[cond.control],

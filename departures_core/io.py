@@ -78,8 +78,16 @@ def _control_value(values: pd.Series) -> str | None:
     return None
 
 
-def detect_keys(adata: ad.AnnData) -> ObsKeys:
-    """Guess the perturbation column, its control value, cell type and dose columns.
+def detect_keys(
+    adata: ad.AnnData,
+    *,
+    perturbation_key: str | None = None,
+    control: str | None = None,
+    cell_type_key: str | None = None,
+    dose_key: str | None = None,
+) -> ObsKeys:
+    """Fill in the obs keys that were not given: perturbation column, control value, cell type
+    and dose columns. A given perturbation column is searched for its control value.
 
     Raises
     ------
@@ -88,24 +96,32 @@ def detect_keys(adata: ad.AnnData) -> ObsKeys:
     """
     obs = adata.obs
     lowered = {c.lower(): c for c in obs.columns}
-    pert_key = control = None
-    for cand in keys.PERTURBATION_CANDIDATES:
-        col = lowered.get(cand.lower())
-        if col is not None and (value := _control_value(obs[col])) is not None:
-            pert_key, control = col, value
+    if perturbation_key is not None:
+        _check_column(adata, perturbation_key, "perturbation label")
+        candidates = [perturbation_key]
+    else:
+        candidates = [lowered[c] for c in keys.PERTURBATION_CANDIDATES if c in lowered]
+    found = None
+    for col in candidates:
+        value = control if control is not None else _control_value(obs[col])
+        if value is not None:
+            found = (col, value)
             break
-    if pert_key is None:
+    if found is None:
+        where = f"column '{perturbation_key}'" if perturbation_key else (
+            f"any of the columns {', '.join(keys.PERTURBATION_CANDIDATES)}")
         raise KeyNotFoundError(
-            "Could not find the perturbation column: none of "
-            f"{', '.join(keys.PERTURBATION_CANDIDATES)} exists with a control value such as "
-            f"'control' or 'ctrl'. Columns present: {', '.join(map(str, obs.columns)) or 'none'}. "
-            "Name the column and control value explicitly."
+            f"Could not find a control value (such as 'control', 'ctrl', 'non-targeting') in "
+            f"{where}. Columns present: {', '.join(map(str, obs.columns)) or 'none'}. "
+            "Name the perturbation column and its control value explicitly."
         )
-    cell_type_key = next((lowered[c] for c in keys.CELL_TYPE_CANDIDATES if c in lowered), None)
-    dose_key = next(
-        (lowered[c.lower()] for c in keys.DOSE_CANDIDATES if c.lower() in lowered), None
-    )
-    return ObsKeys(pert_key, control, cell_type_key, dose_key)
+    if cell_type_key is None:
+        cell_type_key = next((lowered[c] for c in keys.CELL_TYPE_CANDIDATES if c in lowered), None)
+    if dose_key is None:
+        dose_key = next(
+            (lowered[c.lower()] for c in keys.DOSE_CANDIDATES if c.lower() in lowered), None
+        )
+    return ObsKeys(found[0], found[1], cell_type_key, dose_key)
 
 
 def _check_column(adata: ad.AnnData, key: str | None, role: str) -> None:

@@ -138,7 +138,7 @@ def make_config(
         n_genes=int(n_genes),
         drop_rare=bool(drop_rare),
         holdout=tuple(sorted(holdout)),
-        holdout_fraction=0.0,
+        holdout_fraction=DataConfig.holdout_fraction if holdout else 0.0,
     )
     return RunConfig(
         data=data,
@@ -188,6 +188,7 @@ def _spawn(run_dir: Path, argv: list[str], info: dict) -> int:
     env = {
         **os.environ,
         "PYTHONUNBUFFERED": "1",
+        "PYTHONFAULTHANDLER": "1",  # a native crash leaves a traceback in train.log
         "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
     }
     command = [sys.executable, "-m", "departures_core", "train", *argv]

@@ -97,8 +97,11 @@ def solve(
             a, b, c, reg=epsilon, numItermax=max_iter, stopThr=stop_thr, log=True
         )
     err = np.abs(plan.sum(1) - a).sum() + np.abs(plan.sum(0) - b).sum()
-    n_iter = int(log.get("niter", max_iter))
-    return Coupling(plan, c, float(err), bool(n_iter < max_iter), n_iter, epsilon, cost)
+    # POT's log["niter"] is the last loop index, so it cannot tell convergence; its error is.
+    errors = log.get("err", [])
+    converged = bool(errors) and float(errors[-1]) < stop_thr
+    return Coupling(plan, c, float(err), converged, int(log.get("niter", max_iter)) + 1, epsilon,
+                    cost)
 
 
 def sample_pairs(

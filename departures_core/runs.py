@@ -16,7 +16,7 @@ import torch
 from . import io, keys, pp
 from .config import RunConfig
 from .data import PerturbationData, Split, populations
-from .errors import RunError, UnknownPerturbationError
+from .errors import ConfigError, RunError, UnknownPerturbationError
 from .model import Departures, atomic_write_text, encode
 from .sample import Simulation, simulate
 from .train import fit, load_model, resolve_device
@@ -51,6 +51,7 @@ def train(
     saved data, split and config (``config.train.epochs`` may be raised).
     """
     run_dir = Path(run_dir)
+    config.check()
     device = resolve_device(config.train.device)
     torch.manual_seed(config.seed)
     if resume:
@@ -60,6 +61,9 @@ def train(
         model.config = config
         data = open_data(run_dir, saved, model.split)
     else:
+        if (run_dir / keys.MODEL_FILE).exists():
+            raise RunError(f"{run_dir} already holds a trained run; resume it (--resume) or "
+                           "choose another output folder, so that nothing trained is lost.")
         run_dir.mkdir(parents=True, exist_ok=True)
         prepared = prepare(adata, config)
         data = populations(prepared, config.data, seed=config.seed)
@@ -196,6 +200,10 @@ def predict(
     drawn per cell type (all of them when None; with replacement when more are asked).
     """
     data, model = run.data, run.model
+    if n_cells is not None and n_cells < 1:
+        raise ConfigError(f"--n-cells must be >= 1, got {n_cells}.")
+    if steps is not None and steps < 1:
+        raise ConfigError(f"--steps must be >= 1, got {steps}.")
     unknown = model.check_perturbation(perturbation)
     cell_types = _cell_types_for(data, perturbation, cell_type)
     rng = np.random.default_rng(seed)
@@ -227,7 +235,7 @@ def predict(
         model.net,
         data.x[start],
         encode(model.vocab, rows),
-        steps=steps or model.config.bridge.steps,
+        steps=model.config.bridge.steps if steps is None else steps,
         sigma=model.config.bridge.sigma,
         seed=seed,
         trajectory=trajectory,

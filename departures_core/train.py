@@ -113,6 +113,8 @@ def fit(
     history, epoch0, step = [], 0, 0
     if resume_state is not None:
         opt.load_state_dict(resume_state["optimizer"])
+        for group in opt.param_groups:  # a resumed run may change them
+            group["lr"], group["weight_decay"] = config.train.lr, config.train.weight_decay
         epoch0, step = int(resume_state["epoch"]), int(resume_state["step"])
         history = read_history(Path(run_dir) / keys.HISTORY_FILE) if run_dir else []
         torch.set_rng_state(resume_state["torch_rng"].cpu())

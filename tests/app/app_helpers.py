@@ -1,0 +1,33 @@
+"""Helpers shared by the app tests."""
+
+from pathlib import Path
+
+from streamlit.testing.v1 import AppTest
+
+ROOT = Path(__file__).resolve().parents[2]
+HOME = ROOT / "app" / "Home.py"
+PAGES = ("home", "data", "train")
+
+
+def goto(at: AppTest, page: str) -> AppTest:
+    """Switch to ``pages/<page>.py`` and run it."""
+    return at.switch_page(f"../pages/{page}.py").run()
+
+
+def texts(elements) -> str:
+    return "\n".join(str(e.value) for e in elements)
+
+
+def plotly_specs(at: AppTest) -> list[str]:
+    return [c.proto.spec for c in at.get("plotly_chart")]
+
+
+def values(array) -> list:
+    """A plotly JSON array, plain or typed (``{"dtype": ..., "bdata": ...}``), as a list."""
+    if isinstance(array, dict):
+        import base64
+
+        import numpy as np
+
+        return np.frombuffer(base64.b64decode(array["bdata"]), dtype=array["dtype"]).tolist()
+    return list(array)
