@@ -87,22 +87,37 @@ def _config(args, adata) -> RunConfig:
     from . import io
     from .config import BridgeConfig
 
-    keys = io.detect_keys(adata, perturbation_key=args.perturbation_key, control=args.control,
-                          cell_type_key=args.cell_type_key)
+    keys = io.detect_keys(
+        adata,
+        perturbation_key=args.perturbation_key,
+        control=args.control,
+        cell_type_key=args.cell_type_key,
+    )
     data = DataConfig(
-        perturbation_key=keys.perturbation_key, control=keys.control,
-        cell_type_key=keys.cell_type_key, dose_key=args.dose_key, n_genes=args.n_genes,
-        min_cells=args.min_cells, drop_rare=args.drop_rare, holdout=args.holdout or (),
-        holdout_fraction=(args.holdout_fraction if args.holdout_fraction is not None
-                          else DataConfig.holdout_fraction),
-        holdout_cell_types=args.holdout_cell_type)
+        perturbation_key=keys.perturbation_key,
+        control=keys.control,
+        cell_type_key=keys.cell_type_key,
+        dose_key=args.dose_key,
+        n_genes=args.n_genes,
+        min_cells=args.min_cells,
+        drop_rare=args.drop_rare,
+        holdout=args.holdout or (),
+        holdout_fraction=(
+            args.holdout_fraction
+            if args.holdout_fraction is not None
+            else DataConfig.holdout_fraction
+        ),
+        holdout_cell_types=args.holdout_cell_type,
+    )
     return RunConfig(
         data=data,
         ot=OTConfig(pairing=args.pairing, epsilon=args.epsilon, cost=args.cost),
         bridge=BridgeConfig(discrete=not args.no_discrete),
-        train=TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-                          device=args.device),
-        seed=args.seed)
+        train=TrainConfig(
+            epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, device=args.device
+        ),
+        seed=args.seed,
+    )
 
 
 def _train(args) -> None:

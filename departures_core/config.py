@@ -117,8 +117,10 @@ class RunConfig:
             (self.bridge.sigma > 0, f"sigma must be > 0, got {self.bridge.sigma}"),
             (self.bridge.steps >= 1, f"steps must be >= 1, got {self.bridge.steps}"),
             (self.data.n_genes >= 1, f"n_genes must be >= 1, got {self.data.n_genes}"),
-            (0 <= self.data.holdout_fraction < 1,
-             f"hold-out fraction must be in [0, 1), got {self.data.holdout_fraction}"),
+            (
+                0 <= self.data.holdout_fraction < 1,
+                f"hold-out fraction must be in [0, 1), got {self.data.holdout_fraction}",
+            ),
             (self.model.hidden >= 1 and self.model.cond_dim >= 2, "network sizes must be >= 2"),
         ]
         for ok, message in rules:

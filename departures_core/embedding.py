@@ -80,6 +80,9 @@ def log_normalised(adata: ad.AnnData, *, counts: bool) -> np.ndarray | sp.spmatr
     return np.log1p(x * scale[:, None])
 
 
+_UMAP_LOCK = threading.Lock()
+
+
 def compute_umap(
     adata: ad.AnnData,
     *,
@@ -116,7 +119,9 @@ def compute_umap(
     report("UMAP (the first one in a fresh app process compiles numba: about a minute)")
     import umap
 
-    with warnings.catch_warnings():
+    # numba compiles umap-learn's kernels on first use; two threads compiling at once can
+    # fail, and the app fits in a worker thread while other code may fit in the main one.
+    with _UMAP_LOCK, warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # "n_jobs overridden by random_state"
         coords = umap.UMAP(random_state=random_state).fit_transform(pcs)
     return Embedding(np.asarray(adata.obs_names[rows]).astype(str), coords.astype(np.float32))

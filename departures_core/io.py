@@ -108,8 +108,11 @@ def detect_keys(
             found = (col, value)
             break
     if found is None:
-        where = f"column '{perturbation_key}'" if perturbation_key else (
-            f"any of the columns {', '.join(keys.PERTURBATION_CANDIDATES)}")
+        where = (
+            f"column '{perturbation_key}'"
+            if perturbation_key
+            else (f"any of the columns {', '.join(keys.PERTURBATION_CANDIDATES)}")
+        )
         raise KeyNotFoundError(
             f"Could not find a control value (such as 'control', 'ctrl', 'non-targeting') in "
             f"{where}. Columns present: {', '.join(map(str, obs.columns)) or 'none'}. "

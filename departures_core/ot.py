@@ -100,8 +100,9 @@ def solve(
     # POT's log["niter"] is the last loop index, so it cannot tell convergence; its error is.
     errors = log.get("err", [])
     converged = bool(errors) and float(errors[-1]) < stop_thr
-    return Coupling(plan, c, float(err), converged, int(log.get("niter", max_iter)) + 1, epsilon,
-                    cost)
+    return Coupling(
+        plan, c, float(err), converged, int(log.get("niter", max_iter)) + 1, epsilon, cost
+    )
 
 
 def sample_pairs(

@@ -62,8 +62,10 @@ def train(
         data = open_data(run_dir, saved, model.split)
     else:
         if (run_dir / keys.MODEL_FILE).exists():
-            raise RunError(f"{run_dir} already holds a trained run; resume it (--resume) or "
-                           "choose another output folder, so that nothing trained is lost.")
+            raise RunError(
+                f"{run_dir} already holds a trained run; resume it (--resume) or "
+                "choose another output folder, so that nothing trained is lost."
+            )
         run_dir.mkdir(parents=True, exist_ok=True)
         prepared = prepare(adata, config)
         data = populations(prepared, config.data, seed=config.seed)
@@ -72,6 +74,7 @@ def train(
     atomic_write_text(run_dir / keys.CONFIG_FILE, config.to_json())
     (run_dir / keys.STOP_FILE).unlink(missing_ok=True)
     reporter = ProgressFile(run_dir / keys.PROGRESS_FILE, device, callback)
+    stop = should_stop or (lambda: (run_dir / keys.STOP_FILE).exists())
     try:
         history = fit(
             model,
@@ -81,12 +84,12 @@ def train(
             resume_state=state,
             callback=reporter,
             progress_bar=progress_bar,
-            should_stop=should_stop or (lambda: (run_dir / keys.STOP_FILE).exists()),
+            should_stop=stop,
         )
     except BaseException as exc:  # the app reads the failure from progress.json
         reporter.fail(exc)
         raise
-    reporter.finish(history)
+    reporter.finish(history, stopped=stop())
     return history
 
 
@@ -111,12 +114,13 @@ class ProgressFile:
                 loss_disc=p.loss_disc,
             )
 
-    def finish(self, history: list[dict]) -> None:
+    def finish(self, history: list[dict], *, stopped: bool) -> None:
         last = json.loads(self.path.read_text()) if self.path.exists() else {}
         last = {k: v for k, v in last.items() if k not in ("state", "device")}
         step = history[-1]["step"] if history else 0
-        state = "finished" if step >= last.get("total", step) else "stopped"
-        self._write(state, **{**last, "step": step})
+        if not stopped:  # a resume asking for no more epochs than were done is finished too
+            last["total"] = step
+        self._write("stopped" if stopped else "finished", **{**last, "step": step})
 
     def fail(self, exc: BaseException) -> None:
         reason = (

@@ -110,4 +110,4 @@ def test_page_lets_user_map_keys_when_detection_fails(app, tmp_path):
     pert.set_value("sgRNA_target").run()
     next(s for s in at.selectbox if s.label == "Control value").set_value("control").run()
     assert "Ready to train" in texts(at.success)
-    assert not at.error
+    assert not at.error, texts(at.error)
