@@ -123,16 +123,11 @@ def _config(args, adata) -> RunConfig:
 def _train(args) -> None:
     from . import io, runs
 
-    if args.resume:
-        from .train import load_model
-
-        model, _ = load_model(args.out)
-        cfg = model.config.replace(
-            train=TrainConfig(
-                epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, device=args.device
-            )
+    if args.resume:  # the run's saved config is used; only the training settings change
+        train = TrainConfig(
+            epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, device=args.device
         )
-        runs.train(None, cfg, args.out, resume=True)
+        runs.train(None, RunConfig(train=train), args.out, resume=True)
     else:
         adata = io.read(args.data) if args.data else io.load_demo()
         runs.train(adata, _config(args, adata), args.out)
