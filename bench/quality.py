@@ -73,7 +73,9 @@ def run_one(name: str, seed: int, out: Path, epochs: int | None) -> tuple[pd.Dat
         warnings.simplefilter("ignore")
         if not (run_dir / "model.pt").exists():
             runs.train(io.read(DATA / file), config, run_dir, progress_bar=False)
-        train_seconds = time.perf_counter() - start
+            train_seconds = time.perf_counter() - start
+        else:  # reuse a trained run (to re-score after a sampler change); its logged time
+            train_seconds = float(pd.read_csv(run_dir / "history.csv")["seconds"].iloc[-1])
         run = runs.open_run(run_dir)
         ev = evaluate.evaluate_run(run, ablations=True, seed=seed, progress=False)
     ev.save(run_dir / "eval")

@@ -1,4 +1,4 @@
-"""Sampling: Euler–Maruyama for the SDE bridge, jump sampling for the CTMC bridge."""
+"""Sampling: Euler–Maruyama for the SDE bridge, switch-time sampling for the CTMC bridge."""
 
 from __future__ import annotations
 
@@ -52,6 +52,7 @@ def _simulate_chunk(
     cond_emb = net.encoder(cond)
     x = x0.clone()
     d = (x0 > 0).to(x0.dtype)
+    switched = torch.zeros(d.shape, dtype=torch.bool, device=d.device)
     xs, ds = [x.cpu()], [d.cpu()]
     discrete = net.disc is not None
     for k in range(steps):
@@ -61,7 +62,7 @@ def _simulate_chunk(
         x1_hat = net.endpoint(x, x0, tt, emb)
         p1 = torch.sigmoid(net.activation_logits(d, x, x0, emb)) if discrete else None
         if discrete:
-            d = ctmc.step(d, p1, t, h, generator)  # jump probability is 1 on the last step
+            d, switched = ctmc.step(d, switched, p1, t, h, generator)  # all switched at the end
         if k == steps - 1:
             x = x1_hat
         else:

@@ -97,6 +97,36 @@ def _binary(n: int, g: int, seed: int):
     return d0, (torch.rand(n, g, generator=gen) < 0.5).float()
 
 
+def _none_switched(d):
+    return torch.zeros(d.shape, dtype=torch.bool)
+
+
+def test_switched_genes_keep_their_state():
+    d = _binary(300, 200, seed=5)[0]
+    switched = torch.rand(d.shape, generator=_gen(6)) < 0.5
+    # the last step makes every unswitched gene jump; p1 = 1 - d flips each one that does
+    out, now = ctmc.step(d, switched, 1.0 - d, 0.9, 0.1, _gen(7))
+    assert torch.equal(out[switched], d[switched])
+    assert torch.equal(out[~switched], 1.0 - d[~switched])
+    assert torch.all(now)
+
+
+def test_switch_times_are_uniform_and_each_gene_switches_once():
+    # the sampler reproduces the mixture path: the fraction of genes in their d1 state at
+    # time t is t, so P(d_t = d1) matches ctmc.sample_dt at every step
+    n, g, steps = 400, 100, 10
+    h = 1.0 / steps
+    d = torch.zeros(n, g)
+    switched = _none_switched(d)
+    gen = _gen(9)
+    for k in range(steps):
+        d, switched = ctmc.step(d, switched, torch.ones_like(d), k * h, h, gen)
+        frac = d.double().mean().item()
+        t_next = (k + 1) * h
+        assert abs(frac - t_next) < 5 * math.sqrt(max(t_next * (1 - t_next), 1e-3) / (n * g))
+        assert torch.equal(switched, d.bool())  # p1 = 1: switched genes are exactly the on ones
+
+
 def test_sample_dt_endpoints():
     d0, d1 = _binary(64, 50, seed=0)
     assert torch.equal(ctmc.sample_dt(d0, d1, torch.zeros(64, 1), _gen(1)), d0)
@@ -129,22 +159,25 @@ def test_jump_probability_is_one_on_the_last_step(steps):
     assert ctmc.jump_probability(t_last, h) == pytest.approx(1.0, abs=1e-9)
     # and in effect every gene jumps: p1 = 1 turns every gene on
     d = torch.zeros(200, 300)
-    assert torch.all(ctmc.step(d, torch.ones_like(d), t_last, h, _gen(steps)) == 1)
+    out, switched = ctmc.step(d, _none_switched(d), torch.ones_like(d), t_last, h, _gen(steps))
+    assert torch.all(out == 1) and torch.all(switched)
 
 
 def test_step_with_p1_ones_on_last_step_sets_every_gene_to_one():
     h = 0.1
     d = _binary(100, 100, seed=4)[0]
-    out = ctmc.step(d, torch.ones_like(d), 1.0 - h, h, _gen(0))
+    out, _ = ctmc.step(d, _none_switched(d), torch.ones_like(d), 1.0 - h, h, _gen(0))
     assert torch.equal(out, torch.ones_like(d))
-    out0 = ctmc.step(d, torch.zeros_like(d), 1.0 - h, h, _gen(0))
+    out0, _ = ctmc.step(d, _none_switched(d), torch.zeros_like(d), 1.0 - h, h, _gen(0))
     assert torch.equal(out0, torch.zeros_like(d))
 
 
 def test_step_jump_fraction_matches_h_over_one_minus_t():
     n, g, t, h = 1_000, 200, 0.5, 0.1
     d = torch.zeros(n, g)
-    out = ctmc.step(d, torch.ones_like(d), t, h, _gen(7))  # a jump always lands on 1
+    # a jump always lands on 1
+    out, switched = ctmc.step(d, _none_switched(d), torch.ones_like(d), t, h, _gen(7))
+    assert torch.equal(switched, out.bool())
     frac = out.double().mean().item()
     p = h / (1 - t)  # 0.2
     assert abs(frac - p) < 5 * math.sqrt(p * (1 - p) / (n * g))
@@ -154,9 +187,10 @@ def test_step_jump_fraction_matches_h_over_one_minus_t():
 def test_step_is_reproducible_with_a_generator():
     d = _binary(50, 40, seed=8)[0]
     p1 = torch.full_like(d, 0.3)
-    a = ctmc.step(d, p1, 0.3, 0.2, _gen(11))
-    b = ctmc.step(d, p1, 0.3, 0.2, _gen(11))
-    c = ctmc.step(d, p1, 0.3, 0.2, _gen(12))
+    none = _none_switched(d)
+    a, _ = ctmc.step(d, none, p1, 0.3, 0.2, _gen(11))
+    b, _ = ctmc.step(d, none, p1, 0.3, 0.2, _gen(11))
+    c, _ = ctmc.step(d, none, p1, 0.3, 0.2, _gen(12))
     assert torch.equal(a, b)
     assert not torch.equal(a, c)
 

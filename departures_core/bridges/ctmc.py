@@ -29,10 +29,28 @@ def rate(p1: Tensor, d_t: Tensor, t: float) -> Tensor:
 
 
 def step(
-    d_t: Tensor, p1: Tensor, t: float, h: float, generator: torch.Generator | None = None
-) -> Tensor:
-    """One CTMC step: each gene jumps, w.p. ``min(1, h / (1 - t))``, to a draw from ``p1``."""
+    d_t: Tensor,
+    switched: Tensor,
+    p1: Tensor,
+    t: float,
+    h: float,
+    generator: torch.Generator | None = None,
+) -> tuple[Tensor, Tensor]:
+    """One step of the switch-time sampler; returns the new ``(d_t, switched)``.
+
+    The mixture path gives every gene one switch time ``tau ~ U(0, 1)``: before it the gene
+    is in its control state ``d0``, after it in its endpoint state ``d1``. The sampler follows
+    that construction: a gene that has not switched yet switches in ``[t, t + h)`` with
+    probability ``min(1, h / (1 - t))`` (so ``tau`` is uniform, and every gene has switched
+    after the last step) and takes a draw from ``p1``; a switched gene keeps its state.
+
+    Re-drawing switched genes as well (the marginal rate of :func:`rate`) lets each gene jump
+    about ``ln(steps)`` times, and errors in ``p1`` compound: measured on three datasets, it
+    lost a fifth to a third of the active genes per cell and put the prediction further from
+    the observed cells than the control cells are.
+    """
     u_jump = torch.rand(d_t.shape, generator=generator, device=d_t.device)
     u_draw = torch.rand(d_t.shape, generator=generator, device=d_t.device)
+    jumps = (u_jump < jump_probability(t, h)) & ~switched
     target = (u_draw < p1).to(d_t.dtype)
-    return torch.where(u_jump < jump_probability(t, h), target, d_t)
+    return torch.where(jumps, target, d_t), switched | jumps
