@@ -253,3 +253,132 @@ def live_history(run_dir: Path, status: registry.RunStatus) -> pd.DataFrame:
 
 def show_error(exc: DeparturesError) -> None:
     st.error(str(exc), icon=":material/error:")
+
+
+# ------------------------------------------------------------------ exploration of a trained run
+# Everything below is cached per run folder and its checkpoint's stamp (size + mtime), so
+# training more epochs invalidates it, and shared by every session: read, never modify.
+def _stamp(run_dir: Path) -> str:
+    st_ = (run_dir / "model.pt").stat()
+    return f"{st_.st_size}-{st_.st_mtime_ns}"
+
+
+@st.cache_resource(show_spinner="Loading the trained model…", max_entries=4)
+def _open_run(path: str, stamp: str):
+    from departures_core import runs
+
+    return runs.open_run(path)
+
+
+def trained_run():
+    """The selected run, opened (`runs.Run`), or None after telling the user what to do.
+
+    Pages call ``st.stop()`` on None. A corrupt or old run folder is reported, not fatal.
+    """
+    run_dir = current_run()
+    if run_dir is None:
+        st.info(
+            "Pick a trained run in the sidebar, or train one on the Train page.",
+            icon=":material/info:",
+        )
+        st.page_link(
+            str(PAGES_DIR / "train.py"), label="Go to Train", icon=":material/model_training:"
+        )
+        return None
+    if not registry.is_run(run_dir):
+        status = registry.status(run_dir)
+        st.info(
+            f"Run `{run_dir.name}` has no saved model yet ({status.state}); its first "
+            "checkpoint is written after the first epoch.",
+            icon=":material/hourglass_top:",
+        )
+        return None
+    try:
+        return _open_run(str(run_dir), _stamp(run_dir))
+    except DeparturesError as exc:
+        show_error(exc)
+        return None
+
+
+def run_key(run) -> tuple[str, str]:
+    """What identifies a run's model in the caches below."""
+    return str(run.path), _stamp(Path(run.path))
+
+
+@st.cache_resource(show_spinner=False, max_entries=4)
+def conditions(path: str, stamp: str) -> pd.DataFrame:
+    from departures_core import explore
+
+    return explore.conditions_table(_open_run(path, stamp))
+
+
+@st.cache_resource(show_spinner=False, max_entries=32)
+def _cells(path, stamp, perturbation, cell_type, n_cells, seed, steps, trajectory):
+    from departures_core import explore
+
+    return explore.condition_cells(
+        _open_run(path, stamp),
+        perturbation,
+        cell_type,
+        n_cells=n_cells,
+        seed=seed,
+        steps=steps,
+        trajectory=trajectory,
+        device="auto",
+    )
+
+
+def condition_cells(
+    run, perturbation: str, cell_type: str, *, n_cells=None, seed=0, steps=None, trajectory=False
+):
+    """Control, observed and predicted cells of one condition (`explore.ConditionCells`)."""
+    return _cells(*run_key(run), perturbation, cell_type, n_cells, seed, steps, trajectory)
+
+
+@st.cache_resource(show_spinner=False, max_entries=16)
+def _map(path, stamp, perturbations, cell_type, seed):
+    from departures_core import explore
+
+    return explore.cell_map(_open_run(path, stamp), list(perturbations), cell_type, seed=seed)
+
+
+def cell_map(run, perturbations, cell_type: str, *, seed: int = 0):
+    """The UMAP fitted on the control cells of ``cell_type`` and the observed cells of
+    ``perturbations`` (`explore.CellMap`)."""
+    return _map(*run_key(run), tuple(sorted(perturbations)), cell_type, seed)
+
+
+@st.cache_resource(show_spinner=False, max_entries=64)
+def _placed(path, stamp, perturbations, cell_type, seed, cells_key, what):
+    """Coordinates of one cell set of a condition on a map (cached: ``transform`` is slow)."""
+    cmap = _map(path, stamp, perturbations, cell_type, seed)
+    cells = _cells(path, stamp, *cells_key)
+    data = _open_run(path, stamp).data
+    cond = data.find(cells.perturbation, cells.cell_type)
+    if what == "control":
+        return cmap.coords_of(cells.control_rows, data.x[cells.control_rows])
+    if what == "observed":
+        return cmap.coords_of(cond.perturbed, cells.observed)
+    if what == "predicted":
+        return cmap.place(cells.predicted)
+    raise ValueError(what)
+
+
+def placed(run, cmap, cells, what: str):
+    """``what`` ("control" — the start cells —, "observed" or "predicted") of ``cells`` on
+    ``cmap``, as an (n, 2) array."""
+    key = run_key(run)
+    return _placed(*key, cmap.perturbations, cmap.cell_type, cmap.seed, cells.request, what)
+
+
+def saved_metrics(run) -> pd.DataFrame | None:
+    """The run's evaluation (``RUN/eval/metrics.csv``, written by ``evaluate``), if any."""
+    path = Path(run.path) / "eval" / "metrics.csv"
+    if not path.is_file():
+        return None
+    return _read_metrics(str(path), path.stat().st_mtime_ns)
+
+
+@st.cache_data(show_spinner=False, max_entries=8)
+def _read_metrics(path: str, mtime: int) -> pd.DataFrame:
+    return pd.read_csv(path)

@@ -48,3 +48,58 @@ def obs_keys_editor(ds_key: str, adata: ad.AnnData, keys: io.ObsKeys | None) -> 
     return io.ObsKeys(
         pert_key, control, None if cell_type == NONE else cell_type, None if dose == NONE else dose
     )
+
+
+def condition_picker(table, *, key: str, multi: bool = False):
+    """Cell type and perturbation(s) of a trained run, held-out ones first and marked.
+
+    ``table`` is `state.conditions` (one row per observed condition). Returns
+    ``(cell_type, perturbations)`` — a list when ``multi``, else one name. The choice is kept
+    per page (``key``) and shared across pages through ``"pick:*"`` session keys.
+    """
+    cell_types = sorted(table["cell_type"].unique())
+    held = table.groupby("cell_type")["held_out"].sum()
+    c_type, c_pert = st.columns([1, 3])
+    default_ct = st.session_state.get("pick:cell_type")
+    if default_ct not in cell_types:
+        default_ct = max(cell_types, key=lambda c: (held.get(c, 0), c == cell_types[0]))
+    cell_type = c_type.selectbox(
+        "Cell type",
+        cell_types,
+        index=cell_types.index(default_ct),
+        key=f"{key}-cell-type",
+        help="Predictions start from the control cells of this cell type.",
+    )
+    st.session_state["pick:cell_type"] = cell_type
+    rows = table[table["cell_type"] == cell_type]
+    perts = rows["perturbation"].tolist()  # held-out first (conditions_table's order)
+    is_held = dict(zip(rows["perturbation"], rows["held_out"], strict=True))
+    n_cells = dict(zip(rows["perturbation"], rows["n_perturbed"], strict=True))
+
+    def label(p: str) -> str:
+        return f"{p} · held out ({n_cells[p]} cells)" if is_held[p] else f"{p} ({n_cells[p]} cells)"
+
+    last = [p for p in st.session_state.get("pick:perturbations", []) if p in perts]
+    help_ = "Held-out perturbations were never trained on: the model predicts them unseen."
+    if multi:
+        picked = c_pert.multiselect(
+            "Perturbations",
+            perts,
+            default=last or perts[:1],
+            format_func=label,
+            key=f"{key}-perts-{cell_type}",
+            help=help_,
+        )
+        if picked:
+            st.session_state["pick:perturbations"] = picked
+        return cell_type, picked
+    picked = c_pert.selectbox(
+        "Perturbation",
+        perts,
+        index=perts.index(last[0]) if last else 0,
+        format_func=label,
+        key=f"{key}-pert-{cell_type}",
+        help=help_,
+    )
+    st.session_state["pick:perturbations"] = [picked, *(p for p in last if p != picked)]
+    return cell_type, picked

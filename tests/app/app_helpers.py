@@ -31,3 +31,14 @@ def values(array) -> list:
 
         return np.frombuffer(base64.b64decode(array["bdata"]), dtype=array["dtype"]).tolist()
     return list(array)
+
+
+def with_run(app, run_dir: Path, runs_dir: Path, name: str = "tiny") -> AppTest:
+    """A fresh session with a copy of the trained run ``run_dir`` selected."""
+    import shutil
+
+    if not (runs_dir / name).exists():
+        shutil.copytree(run_dir, runs_dir / name)
+    at = app()
+    at.sidebar.selectbox[0].set_value(str(runs_dir / name)).run()
+    return at

@@ -1,0 +1,303 @@
+"""What the exploration views share: a run's conditions, the cells of one condition (control,
+observed, predicted), a 2-D reducer fitted on control + observed cells, and the scores of one
+condition against the baselines. Everything here works without Streamlit.
+"""
+
+from __future__ import annotations
+
+import threading
+import warnings
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from . import metrics
+from .data import Condition
+from .errors import ConfigError, UnknownPerturbationError
+from .evaluate import de_genes, mean_shift_predictor
+from .model import condition_rows, encode
+from .sample import Simulation, simulate
+from .train import resolve_device
+
+MAX_TRAJECTORY_VALUES = 200_000_000  # cells x genes x (steps + 1) floats kept for a trajectory
+
+
+def conditions_table(run) -> pd.DataFrame:
+    """One row per observed condition: perturbation, cell_type, dose, n_perturbed, n_control,
+    held_out — held-out rows first, then by perturbation."""
+    rows = [
+        {
+            "perturbation": c.perturbation,
+            "cell_type": c.cell_type,
+            "dose": c.dose,
+            "n_perturbed": int(len(c.perturbed)),
+            "n_control": int(len(c.control)),
+            "held_out": bool(c.held_out),
+        }
+        for c in run.data.conditions
+    ]
+    table = pd.DataFrame(
+        rows, columns=["perturbation", "cell_type", "dose", "n_perturbed", "n_control", "held_out"]
+    )
+    return table.sort_values(
+        ["held_out", "perturbation", "cell_type"], ascending=[False, True, True]
+    ).reset_index(drop=True)
+
+
+def find_condition(run, perturbation: str, cell_type: str) -> Condition:
+    """The observed condition; `UnknownPerturbationError` naming the options when absent."""
+    cond = run.data.find(perturbation, cell_type)
+    if cond is None:
+        known = sorted({c.perturbation for c in run.data.conditions if c.cell_type == cell_type})
+        raise UnknownPerturbationError(
+            f"'{perturbation}' was not observed in cell type '{cell_type}'. Observed there: "
+            f"{', '.join(known[:20]) or 'none'}{' …' if len(known) > 20 else ''}."
+        )
+    return cond
+
+
+@dataclass(frozen=True)
+class ConditionCells:
+    """Control, observed and predicted cells of one condition (rows: cells, columns: genes).
+
+    ``predicted`` has one cell per row of ``control_rows`` (control cells the bridge started
+    from); ``simulation`` holds the bridge endpoints and, when asked for, the whole paths.
+    """
+
+    perturbation: str
+    cell_type: str
+    dose: float
+    held_out: bool
+    genes: list[str]
+    control: np.ndarray
+    observed: np.ndarray
+    predicted: np.ndarray
+    control_rows: np.ndarray
+    simulation: Simulation
+    seed: int
+    notice: str | None = None  # e.g. "showing N cells" when a trajectory was capped
+    request: tuple = ()  # the arguments that made it: (perturbation, cell_type, n_cells, seed,
+    # steps, trajectory) as given to `condition_cells`; a cache key
+
+    @property
+    def label(self) -> str:
+        held = " (held out)" if self.held_out else ""
+        return f"{self.perturbation} · {self.cell_type}{held}"
+
+    def gene_index(self, gene: str) -> int:
+        try:
+            return self.genes.index(gene)
+        except ValueError:
+            raise UnknownPerturbationError(
+                f"Gene '{gene}' is not among the run's {len(self.genes)} genes."
+            ) from None
+
+
+def trajectory_cells(n_cells: int, n_genes: int, steps: int) -> int:
+    """How many cells a trajectory of ``steps`` may have to stay under the memory cap."""
+    return max(1, MAX_TRAJECTORY_VALUES // max(1, n_genes * (steps + 1)))
+
+
+def condition_cells(
+    run,
+    perturbation: str,
+    cell_type: str,
+    *,
+    n_cells: int | None = None,
+    seed: int = 0,
+    steps: int | None = None,
+    trajectory: bool = False,
+    device: str = "cpu",
+) -> ConditionCells:
+    """Simulate ``perturbation`` in ``cell_type`` from (a seeded sample of) its control cells.
+
+    ``n_cells`` None starts from every control cell. Trajectories larger than the memory cap
+    are refused before they are simulated: fewer cells are used and ``notice`` says so.
+    """
+    if n_cells is not None and n_cells < 1:
+        raise ConfigError(f"n_cells must be >= 1, got {n_cells}.")
+    if steps is not None and steps < 1:
+        raise ConfigError(f"steps must be >= 1, got {steps}.")
+    request = (perturbation, cell_type, n_cells, seed, steps, trajectory)
+    cond = find_condition(run, perturbation, cell_type)
+    data, model = run.data, run.model
+    steps = model.config.bridge.steps if steps is None else int(steps)
+    rng = np.random.default_rng(seed)
+    ctrl = cond.control
+    n = len(ctrl) if n_cells is None else int(n_cells)
+    notice = None
+    if trajectory:
+        cap = trajectory_cells(n, len(data.genes), steps)
+        if n > cap:
+            notice = (
+                f"{n:,} cells × {len(data.genes):,} genes × {steps + 1} time points is too "
+                f"much to keep in memory; showing {cap:,} cells."
+            )
+            n = cap
+    start = ctrl if n == len(ctrl) else rng.choice(ctrl, n, replace=n > len(ctrl))
+    sim = simulate(
+        model.net,
+        data.x[start],
+        encode(model.vocab, condition_rows([cond]) * len(start)),
+        steps=steps,
+        sigma=model.config.bridge.sigma,
+        seed=seed,
+        trajectory=trajectory,
+        device=resolve_device(device),
+    )
+    return ConditionCells(
+        perturbation=cond.perturbation,
+        cell_type=cond.cell_type,
+        dose=cond.dose,
+        held_out=cond.held_out,
+        genes=list(data.genes),
+        control=data.x[ctrl],
+        observed=data.x[cond.perturbed],
+        predicted=sim.prediction,
+        control_rows=np.asarray(start),
+        simulation=sim,
+        seed=seed,
+        notice=notice,
+        request=request,
+    )
+
+
+# ------------------------------------------------------------------ 2-D reducer
+_FIT_LOCK = threading.Lock()  # numba compiles umap-learn's kernels once; not thread-safe
+
+
+@dataclass
+class Reducer:
+    """PCA then UMAP, fitted on reference cells; places new cells with ``transform``."""
+
+    n_pcs: int = 30
+    seed: int = 0
+    _pca: object = field(default=None, repr=False)
+    _umap: object = field(default=None, repr=False)
+    reference: np.ndarray | None = field(default=None, repr=False)  # coords of the fit cells
+
+    def fit(self, x: np.ndarray) -> Reducer:
+        import umap
+        from sklearn.decomposition import PCA
+
+        x = np.asarray(x, np.float32)
+        if len(x) < 5:
+            raise ConfigError(f"Need at least 5 cells to fit a UMAP, got {len(x)}.")
+        n_comp = max(2, min(self.n_pcs, x.shape[1] - 1, x.shape[0] - 1))
+        self._pca = PCA(n_comp, random_state=self.seed).fit(x)
+        with _FIT_LOCK, warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            self._umap = umap.UMAP(n_neighbors=min(15, len(x) - 1), random_state=self.seed).fit(
+                self._pca.transform(x)
+            )
+        self.reference = np.asarray(self._umap.embedding_, np.float32)
+        return self
+
+    def transform(self, x: np.ndarray) -> np.ndarray:
+        """2-D coordinates of ``x`` (rows: cells) in the fitted map."""
+        if self._umap is None:
+            raise RuntimeError("Reducer.transform called before fit.")
+        x = np.asarray(x, np.float32)
+        if len(x) == 0:
+            return np.zeros((0, 2), np.float32)
+        with _FIT_LOCK, warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return np.asarray(self._umap.transform(self._pca.transform(x)), np.float32)
+
+
+@dataclass
+class CellMap:
+    """A 2-D map fitted on the control + observed cells of some conditions of one cell type.
+
+    ``rows`` are the fit cells' rows in ``run.data.x`` and ``coords`` their positions; other
+    cells (predictions, trajectories) are placed with ``reducer.transform``.
+    """
+
+    cell_type: str
+    perturbations: tuple[str, ...]
+    rows: np.ndarray
+    coords: np.ndarray
+    reducer: Reducer
+    seed: int = 0
+
+    def coords_of(self, rows: np.ndarray, x: np.ndarray) -> np.ndarray:
+        """Positions of data rows ``rows`` (their expression ``x``): fitted where the row was a
+        fit cell, placed with ``transform`` otherwise."""
+        rows = np.asarray(rows)
+        lookup = dict(zip(self.rows.tolist(), range(len(self.rows)), strict=True))
+        where = np.array([lookup.get(r, -1) for r in rows.tolist()], dtype=int)
+        out = np.empty((len(rows), 2), np.float32)
+        hit = where >= 0
+        out[hit] = self.coords[where[hit]]
+        if (~hit).any():
+            out[~hit] = self.reducer.transform(np.asarray(x)[~hit])
+        return out
+
+    def place(self, x: np.ndarray) -> np.ndarray:
+        """Positions of new cells (rows of ``x``)."""
+        return self.reducer.transform(x)
+
+
+def cell_map(
+    run, perturbations: list[str], cell_type: str, *, seed: int = 0, max_cells: int = 5000
+) -> CellMap:
+    """Fit PCA + UMAP on the control cells of ``cell_type`` and the observed cells of
+    ``perturbations`` there (a seeded subsample of at most ``max_cells``)."""
+    conds = [find_condition(run, p, cell_type) for p in perturbations]
+    rows = np.unique(
+        np.concatenate([run.data.control_indices(cell_type)] + [c.perturbed for c in conds])
+    )
+    if len(rows) > max_cells:
+        rows = np.sort(np.random.default_rng(seed).choice(rows, max_cells, replace=False))
+    reducer = Reducer(seed=seed).fit(run.data.x[rows])
+    return CellMap(cell_type, tuple(perturbations), rows, reducer.reference, reducer, seed)
+
+
+# ------------------------------------------------------------------ scores
+def condition_scores(run, cells: ConditionCells, saved: pd.DataFrame | None = None) -> pd.DataFrame:
+    """Metrics of this condition for Departures (these samples), control and mean_shift, plus
+    any other method in ``saved`` (a long metrics.csv of the run's evaluation).
+
+    Returns a wide frame: one row per method, one column per metric.
+    """
+    cond = find_condition(run, cells.perturbation, cells.cell_type)
+    top = de_genes(run.data, cond)
+    ctrl, obs = cells.control, cells.observed
+    predicted = {
+        "departures": cells.predicted,
+        "control": ctrl,
+        "mean_shift": mean_shift_predictor(run.data)(cond),
+    }
+    rows = {
+        name: metrics.condition_metrics(pred, obs, ctrl, genes=cells.genes, de_genes=top)
+        for name, pred in predicted.items()
+    }
+    wide = pd.DataFrame.from_dict(rows, orient="index")
+    if saved is not None and len(saved):
+        mine = saved[
+            (saved["perturbation"] == cells.perturbation)
+            & (saved["cell_type"] == cells.cell_type)
+            & ~saved["method"].isin(list(rows))
+        ]
+        if len(mine):
+            extra = mine.pivot_table(index="method", columns="metric", values="value")
+            wide = pd.concat([wide, extra])
+    wide.index.name = "method"
+    return wide
+
+
+def top_changes(cells: ConditionCells, n: int = 20) -> pd.DataFrame:
+    """The ``n`` genes whose observed mean changes most against control, with the predicted
+    change: columns gene, observed_change, predicted_change, sorted by |observed_change|."""
+    base = cells.control.mean(0)
+    obs = cells.observed.mean(0) - base
+    pred = cells.predicted.mean(0) - base
+    order = np.argsort(-np.abs(obs))[:n]
+    return pd.DataFrame(
+        {
+            "gene": [cells.genes[i] for i in order],
+            "observed_change": obs[order],
+            "predicted_change": pred[order],
+        }
+    )
