@@ -382,3 +382,91 @@ def saved_metrics(run) -> pd.DataFrame | None:
 @st.cache_data(show_spinner=False, max_entries=8)
 def _read_metrics(path: str, mtime: int) -> pd.DataFrame:
     return pd.read_csv(path)
+
+
+@st.cache_resource(show_spinner=False, max_entries=64)
+def _scores(path, stamp, request, saved_mtime):
+    from departures_core import explore
+
+    run = _open_run(path, stamp)
+    saved = Path(path) / "eval" / "metrics.csv"
+    return explore.condition_scores(
+        run, _cells(path, stamp, *request), pd.read_csv(saved) if saved_mtime else None
+    )
+
+
+def condition_scores(run, cells) -> pd.DataFrame:
+    """Metrics of ``cells``' condition: Departures (these samples), control, mean_shift, and
+    the ablations when the run was evaluated with them (wide: methods x metrics)."""
+    saved = Path(run.path) / "eval" / "metrics.csv"
+    mtime = saved.stat().st_mtime_ns if saved.is_file() else 0
+    return _scores(*run_key(run), cells.request, mtime)
+
+
+# ------------------------------------------------------------------ OT couplings
+@st.cache_resource(show_spinner=False, max_entries=64)
+def _coupling(path, stamp, perturbation, cell_type, epsilon, cost, batch_size, seed):
+    from departures_core import couplings
+
+    return couplings.condition_coupling(
+        _open_run(path, stamp),
+        perturbation,
+        cell_type,
+        epsilon=epsilon,
+        cost=cost,
+        batch_size=batch_size,
+        seed=seed,
+    )
+
+
+def coupling(run, perturbation: str, cell_type: str, *, epsilon, cost, batch_size, seed):
+    """A seeded minibatch of one condition coupled by Sinkhorn and by random pairing
+    (`couplings.MinibatchCoupling`)."""
+    return _coupling(*run_key(run), perturbation, cell_type, epsilon, cost, batch_size, seed)
+
+
+@st.cache_resource(show_spinner=False, max_entries=64)
+def _minibatch_coords(path, stamp, perturbation, cell_type, batch_size, seed, map_seed):
+    from departures_core import couplings, explore
+
+    run = _open_run(path, stamp)
+    cond = explore.find_condition(run, perturbation, cell_type)
+    cmap = _map(path, stamp, (perturbation,), cell_type, map_seed)
+    rows = couplings.minibatch_rows(cond.control, cond.perturbed, batch_size=batch_size, seed=seed)
+    return tuple(cmap.coords_of(r, run.data.x[r]) for r in rows)
+
+
+def minibatch_coords(run, perturbation: str, cell_type: str, *, batch_size, seed, map_seed=0):
+    """Map positions ``(control, perturbed)`` of the minibatch `coupling` draws with the same
+    ``batch_size`` and ``seed``, on `cell_map` ``(run, [perturbation], cell_type, seed=map_seed)``.
+    """
+    key = (*run_key(run), perturbation, cell_type, batch_size, seed, map_seed)
+    return _minibatch_coords(*key)
+
+
+# ------------------------------------------------------------------ trajectories
+@st.cache_resource(show_spinner=False, max_entries=26 * 12)
+def _trajectory_frame(path, stamp, perturbations, cell_type, map_seed, cells_key, step):
+    """Map positions of a trajectory's cells at time point ``step`` (one frame, cached)."""
+    from departures_core import trajectories
+
+    cmap = _map(path, stamp, perturbations, cell_type, map_seed)
+    cells = _cells(path, stamp, *cells_key)
+    return trajectories.place_frames(cells.simulation, cmap.place, [step])[0]
+
+
+def trajectory_frames(run, cmap, cells, steps):
+    """Positions of ``cells``' trajectories (simulated with ``trajectory=True``) at time
+    points ``steps`` on ``cmap``: shape (len(steps), n_cells, 2). Frames are placed (and
+    cached) one by one under a progress bar — ``transform`` takes seconds per thousand cells.
+    """
+    import numpy as np
+
+    key = (*run_key(run), cmap.perturbations, cmap.cell_type, cmap.seed, cells.request)
+    bar = st.progress(0.0, text="Placing the trajectories on the map…")
+    out = []
+    for i, step in enumerate(steps):
+        out.append(_trajectory_frame(*key, int(step)))
+        bar.progress((i + 1) / len(steps), text=f"Placed time point {i + 1} of {len(steps)}")
+    bar.empty()
+    return np.stack(out)

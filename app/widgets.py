@@ -103,3 +103,17 @@ def condition_picker(table, *, key: str, multi: bool = False):
     )
     st.session_state["pick:perturbations"] = [picked, *(p for p in last if p != picked)]
     return cell_type, picked
+
+
+def figure_download(fig, file_name: str, *, label: str = "Figure (HTML)") -> None:
+    """A button that downloads ``fig`` as a self-contained interactive HTML file (made only
+    when clicked). The chart's own camera icon saves a PNG."""
+    st.download_button(
+        label,
+        data=lambda: fig.to_html(include_plotlyjs=True, full_html=True),
+        file_name=file_name,
+        mime="text/html",
+        icon=":material/download:",
+        on_click="ignore",
+        key=f"dl-{file_name}",
+    )

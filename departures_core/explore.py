@@ -5,14 +5,17 @@ condition against the baselines. Everything here works without Streamlit.
 
 from __future__ import annotations
 
+import tempfile
 import threading
 import warnings
 from dataclasses import dataclass, field
+from pathlib import Path
 
+import anndata as ad
 import numpy as np
 import pandas as pd
 
-from . import metrics
+from . import keys, metrics
 from .data import Condition
 from .errors import ConfigError, UnknownPerturbationError
 from .evaluate import de_genes, mean_shift_predictor
@@ -301,3 +304,39 @@ def top_changes(cells: ConditionCells, n: int = 20) -> pd.DataFrame:
             "predicted_change": pred[order],
         }
     )
+
+
+# ------------------------------------------------------------------ downloads
+def predicted_anndata(run, cells_list: list[ConditionCells]) -> ad.AnnData:
+    """The predicted cells of one or more conditions as one AnnData (as ``predict`` writes
+    it: X the prediction, obs perturbation / cell type / dose / start control cell)."""
+    from .runs import to_anndata
+
+    parts = []
+    for c in cells_list:
+        obs = pd.DataFrame(
+            {
+                keys.PERTURBATION: c.perturbation,
+                keys.CELL_TYPE: c.cell_type,
+                keys.DOSE: c.dose,
+                keys.CONTROL_CELL: run.data.cell_names[c.control_rows],
+                keys.HELD_OUT: c.held_out,
+            }
+        )
+        info = {"seed": c.seed, "steps": len(c.simulation.t) - 1, "run": str(run.path)}
+        parts.append(to_anndata(c.simulation, obs, c.genes, info))
+    out = (
+        ad.concat(parts, merge="same", uns_merge="first", index_unique="-")
+        if len(parts) > 1
+        else parts[0]
+    )
+    out.obs_names = [f"pred_{i}" for i in range(out.n_obs)]
+    return out
+
+
+def h5ad_bytes(adata: ad.AnnData) -> bytes:
+    """``adata`` written as an .h5ad file, in memory (for a download button)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "cells.h5ad"
+        adata.write_h5ad(path)
+        return path.read_bytes()
