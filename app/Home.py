@@ -45,5 +45,6 @@ def _pages() -> list:
 st.set_page_config(page_title="Departures Explorer", page_icon="🧬", layout="wide")
 page = st.navigation(_pages())
 state.init()
+state.warm_up()
 sidebar.render()
 page.run()

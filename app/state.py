@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -63,6 +64,21 @@ def _precomputed(path: str, fingerprint: str) -> embedding.Embedding:
 @st.cache_resource(show_spinner=False)
 def _jobs() -> embedding.EmbeddingJobs:
     return embedding.EmbeddingJobs()
+
+
+@st.cache_resource(show_spinner=False)
+def warm_up() -> threading.Thread:
+    """Start compiling the UMAP code in the background, once per server process, so that
+    the first map a user opens does not wait for numba (see `explore.warm_up`)."""
+
+    def compile_umap() -> None:
+        from departures_core import explore
+
+        explore.warm_up()
+
+    thread = threading.Thread(target=compile_umap, name="umap-warm-up", daemon=True)
+    thread.start()
+    return thread
 
 
 @st.cache_resource(show_spinner="Looking for a GPU…")
@@ -312,8 +328,7 @@ def conditions(path: str, stamp: str) -> pd.DataFrame:
     return explore.conditions_table(_open_run(path, stamp))
 
 
-@st.cache_resource(show_spinner=False, max_entries=32)
-def _cells(path, stamp, perturbation, cell_type, n_cells, seed, steps, trajectory):
+def _simulate(path, stamp, perturbation, cell_type, n_cells, seed, steps, trajectory):
     from departures_core import explore
 
     return explore.condition_cells(
@@ -326,6 +341,23 @@ def _cells(path, stamp, perturbation, cell_type, n_cells, seed, steps, trajector
         trajectory=trajectory,
         device="auto",
     )
+
+
+# endpoints are small (cells x genes); trajectories are (steps + 1) times larger (up to
+# explore.MAX_TRAJECTORY_VALUES floats, ~0.8 GB): keep only a few of those
+@st.cache_resource(show_spinner=False, max_entries=32)
+def _endpoint_cells(*request):
+    return _simulate(*request)
+
+
+@st.cache_resource(show_spinner=False, max_entries=3)
+def _trajectory_cells(*request):
+    return _simulate(*request)
+
+
+def _cells(path, stamp, perturbation, cell_type, n_cells, seed, steps, trajectory):
+    cache = _trajectory_cells if trajectory else _endpoint_cells
+    return cache(path, stamp, perturbation, cell_type, n_cells, seed, steps, trajectory)
 
 
 def condition_cells(

@@ -340,3 +340,10 @@ def h5ad_bytes(adata: ad.AnnData) -> bytes:
         path = Path(tmp) / "cells.h5ad"
         adata.write_h5ad(path)
         return path.read_bytes()
+
+
+def warm_up() -> None:
+    """Fit and apply a tiny `Reducer`, so that numba compiles umap-learn's kernels (about
+    20-60 s, once per process) before a user asks for a map. Run it in a background thread."""
+    x = np.random.default_rng(0).normal(size=(64, 8)).astype(np.float32)
+    Reducer().fit(x).transform(x[:4])

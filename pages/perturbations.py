@@ -54,7 +54,7 @@ try:
         bar.progress(i / (len(perts) + 1), text=f"Predicting {p} ({i + 1} of {len(perts)})…")
         cells.append(state.condition_cells(run, p, cell_type, n_cells=int(n_cells), seed=seed))
     bar.progress(len(perts) / (len(perts) + 1), text="Fitting the UMAP and placing the cells…")
-    cmap = state.cell_map(run, perts, cell_type, seed=seed)
+    cmap = state.cell_map(run, perts, cell_type)  # one map seed: the same map on every view
     groups = [(perts[0], "control", state.placed(run, cmap, cells[0], "control"))]
     for c in cells:
         groups.append((c.perturbation, "observed", state.placed(run, cmap, c, "observed")))

@@ -4,6 +4,7 @@ driven by Playwright; skipped when either is missing unless DEPARTURES_REQUIRE_B
 
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -125,3 +126,52 @@ def test_load_demo_train_and_watch_progress(server):
     status = launch.wait(run_dir, timeout=60)
     assert status.state in ("stopped", "finished") and registry.is_run(run_dir)
     assert status.step >= 1 and status.device == "cpu"
+
+
+VIEWS = ("Home", "Data", "Train", "Perturbations", "OT couplings", "Trajectories", "Activation")
+
+
+def _settle(page, what: str = "") -> None:
+    """Wait until the script has finished: no spinner and no 'Running' status for 1 s."""
+    busy = page.locator('[data-testid="stSpinner"]')
+    status = page.locator('[data-testid="stStatusWidget"]')
+    quiet, end = 0, time.monotonic() + 240
+    while quiet < 4:
+        running = status.count() > 0 and "Running" in status.first.inner_text(timeout=5_000)
+        quiet = 0 if running or busy.count() else quiet + 1
+        if time.monotonic() > end:
+            page.screenshot(path="/tmp/shots/stuck.png")
+            raise AssertionError(f"{what} did not finish rendering in 4 minutes")
+        page.wait_for_timeout(250)
+
+
+def test_every_view_renders_with_a_trained_run(server, trained):
+    """With a trained run selected, every page renders in a real browser without an
+    exception box, and the exploration views draw their figures."""
+    sync_playwright = _require_browser()
+    from playwright.sync_api import expect
+
+    url, runs_dir = server
+    runs_dir.mkdir(exist_ok=True)
+    shutil.copytree(trained[0], runs_dir / "tiny")
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 1400})
+            page.set_default_timeout(120_000)
+            page.goto(url)
+            page.get_by_text("Departures Explorer").first.wait_for()
+            picker = page.locator('[data-testid="stSidebar"] [data-testid="stSelectbox"]').first
+            picker.click()
+            page.get_by_role("option", name="tiny").first.click()
+            expect(picker.get_by_role("combobox")).to_have_value("tiny (finished)")
+            for view in VIEWS:
+                page.get_by_role("link", name=view, exact=True).click()
+                heading = "Departures Explorer" if view == "Home" else view
+                page.get_by_role("heading", name=heading).first.wait_for()
+                if view in VIEWS[3:]:  # the exploration views draw figures
+                    page.locator(".js-plotly-plot").first.wait_for(timeout=240_000)
+                _settle(page, view)
+                assert page.locator('[data-testid="stException"]').count() == 0, view
+        finally:
+            browser.close()
