@@ -11,6 +11,11 @@ Streamlit server pays every import again, as a user's first visit does):
 * headless Chromium (Playwright, /usr/bin/chromium): open the app -> Home drawn; click
   "Load the demo dataset" -> UMAP drawn; both together are what a user waits for
 * training launched in the background -> first step reported in progress.json
+* each exploration view (Perturbations, OT couplings, Trajectories, Activation) with a
+  trained demo run, AppTest in a fresh process: the UMAP warm-up started by Home, then
+  each view's first render (samples, UMAP fit and placement computed) and its cached
+  re-render (what a user waits for when coming back or changing a display option).
+  ``--run DIR`` uses a trained run; otherwise the demo is trained with the defaults first.
 """
 
 from __future__ import annotations
@@ -53,6 +58,61 @@ t2 = time.perf_counter()
 assert not at.exception and at.get("plotly_chart"), "no UMAP on the Data page"
 print(json.dumps({{"home": t1 - t0, "data": t2 - t1}}))
 """
+
+
+VIEWS_APPTEST = """
+import json, os, time
+t0 = time.perf_counter()
+from streamlit.testing.v1 import AppTest
+at = AppTest.from_file({home!r}, default_timeout=600).run()
+from app import state
+state.warm_up().join()  # the UMAP compile Home starts in the background
+out = {{"warm-up": time.perf_counter() - t0}}
+at.sidebar.selectbox[0].set_value({run!r}).run()
+for page in ("perturbations", "couplings", "trajectories", "activation"):
+    t = time.perf_counter()
+    at.switch_page(f"../pages/{{page}}.py").run()
+    first = time.perf_counter() - t
+    assert not at.exception, [e.value for e in at.exception]
+    t = time.perf_counter()
+    at.run()
+    out[page] = (first, time.perf_counter() - t)
+print(json.dumps(out))
+"""
+VIEW_NAMES = {
+    "perturbations": "Perturbations",
+    "couplings": "OT couplings",
+    "trajectories": "Trajectories",
+    "activation": "Activation",
+}
+
+
+def view_times(run_dir: str) -> dict[str, float]:
+    code = VIEWS_APPTEST.format(home=str(HOME), run=run_dir)
+    env = {**os.environ, "DEPARTURES_RUNS_DIR": str(Path(run_dir).parent)}
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True
+    )
+    if out.returncode:
+        raise RuntimeError(out.stderr[-3000:])
+    t = json.loads(out.stdout.strip().splitlines()[-1])
+    rows = {"views: UMAP warm-up (numba compile, background)": t["warm-up"]}
+    for page, name in VIEW_NAMES.items():
+        first, cached = t[page]
+        rows[f"views: {name}, first render"] = first
+        rows[f"views: {name}, cached render"] = cached
+    return rows
+
+
+def train_demo(runs_dir: str) -> str:
+    """The demo trained with the default settings (what a user gets from the Train page)."""
+    from departures_core import io, runs
+    from departures_core.config import DataConfig, RunConfig
+
+    run_dir = Path(runs_dir) / "demo-bench"
+    config = RunConfig(data=DataConfig(cell_type_key="cell_type"))
+    runs.train(io.load_demo(), config, run_dir, progress_bar=False)
+    return str(run_dir)
 
 
 def _free_port() -> int:
@@ -169,6 +229,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--no-browser", action="store_true")
+    parser.add_argument("--run", help="a trained demo run for the view timings")
     args = parser.parse_args()
     browser = not args.no_browser and have_browser()
     rows: dict[str, list[float]] = {}
@@ -185,6 +246,10 @@ def main() -> None:
             for k, v in apptest_times().items():
                 rows.setdefault(k, []).append(v)
             rows.setdefault("training launched -> first step", []).append(first_step(tmp))
+        run_dir = args.run or train_demo(tmp)
+        for _ in range(args.repeats):
+            for k, v in view_times(run_dir).items():
+                rows.setdefault(k, []).append(v)
     print(f"{'what (fresh processes; median of ' + str(args.repeats) + ')':<52} {'s':>7}")
     print("-" * 60)
     for name, values in rows.items():
