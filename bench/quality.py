@@ -1,12 +1,17 @@
 """Prediction quality on held-out conditions of the real datasets in ../shared/data.
 
     python bench/quality.py [--seeds 0,1,2] [--datasets perturbench,kang,zhao] [--out bench/out]
+                            [--reuse-eval]
 
 For each dataset and seed: train Departures and the ablations (random pairing, no
 discrete bridge) on one split, score the held-out conditions together with the
 `control` and `mean_shift` baselines, and print one table: rows = dataset x method,
 columns = median over held-out conditions of each metric, as mean ± sd over seeds,
-plus the training time.
+plus the training time. A second table splits the held-out conditions by the size of their
+observed effect (the `control` baseline's e_distance: below 0.25 the perturbed cells are
+hardly distinguishable from control cells) and gives how often Departures beats each
+baseline per condition. ``--reuse-eval`` re-prints both tables from the runs and
+evaluations already in ``--out`` instead of scoring again.
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ from departures_core.config import DataConfig, RunConfig  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data"
 COLUMNS = ("e_distance", "e_distance_de20", "emd", "activation_pcc", "pearson_delta_de20")
+SMALL_EFFECT = 0.25  # control e_distance below this: the perturbation hardly changes the cells
 
 # One split per dataset, the classic task for each.
 DATASETS = {
@@ -62,7 +68,10 @@ DATASETS = {
 }
 
 
-def run_one(name: str, seed: int, out: Path, epochs: int | None) -> tuple[pd.DataFrame, float]:
+def run_one(
+    name: str, seed: int, out: Path, epochs: int | None, *, reuse_eval: bool = False
+) -> tuple[pd.DataFrame, pd.DataFrame, float]:
+    """Train (or reuse) and score one dataset and seed: (median table, long metrics, train s)."""
     file, data_cfg = DATASETS[name]
     config = RunConfig(data=data_cfg, seed=seed)
     if epochs:
@@ -76,12 +85,17 @@ def run_one(name: str, seed: int, out: Path, epochs: int | None) -> tuple[pd.Dat
             train_seconds = time.perf_counter() - start
         else:  # reuse a trained run (to re-score after a sampler change); its logged time
             train_seconds = float(pd.read_csv(run_dir / "history.csv")["seconds"].iloc[-1])
-        run = runs.open_run(run_dir)
-        ev = evaluate.evaluate_run(run, ablations=True, seed=seed, progress=False)
-    ev.save(run_dir / "eval")
+        saved = run_dir / "eval" / "metrics.csv"
+        if reuse_eval and saved.exists():
+            ev = evaluate.Evaluation(pd.read_csv(saved))
+        else:
+            run = runs.open_run(run_dir)
+            ev = evaluate.evaluate_run(run, ablations=True, seed=seed, progress=False)
+            ev.save(run_dir / "eval")
     table = ev.table(COLUMNS)
     table["dataset"], table["seed"] = name, seed
-    return table.reset_index(), train_seconds
+    long = ev.metrics.assign(dataset=name, seed=seed)
+    return table.reset_index(), long, train_seconds
 
 
 def main() -> None:
@@ -90,18 +104,47 @@ def main() -> None:
     ap.add_argument("--datasets", default=",".join(DATASETS))
     ap.add_argument("--epochs", type=int, help="override the default epochs")
     ap.add_argument("--out", default=str(ROOT / "bench" / "out" / "quality"))
+    ap.add_argument("--reuse-eval", action="store_true", help="re-print saved evaluations")
     args = ap.parse_args()
     out = Path(args.out)
-    frames, times = [], {}
+    frames, longs, times = [], [], {}
     for name in args.datasets.split(","):
         for seed in map(int, args.seeds.split(",")):
-            frame, seconds = run_one(name, seed, out, args.epochs)
+            frame, long, seconds = run_one(name, seed, out, args.epochs, reuse_eval=args.reuse_eval)
             frames.append(frame)
+            longs.append(long)
             times.setdefault(name, []).append(seconds)
             print(f"done {name} seed {seed} ({seconds:.0f} s training)", file=sys.stderr)
     scores = pd.concat(frames)
     scores.to_csv(out / "quality_per_seed.csv", index=False)
     print(format_table(scores, times))
+    print()
+    print(effect_table(pd.concat(longs)))
+
+
+def effect_table(metrics: pd.DataFrame) -> str:
+    """Median e_distance per method over held-out conditions (all seeds), split by the size
+    of the observed effect, with the share of conditions where Departures beats each
+    baseline."""
+    wide = metrics[metrics["metric"] == "e_distance"].pivot_table(
+        index=["dataset", "seed", "perturbation", "cell_type"], columns="method", values="value"
+    )
+    wide["effect"] = np.where(
+        wide["control"] < SMALL_EFFECT, f"small (< {SMALL_EFFECT})", f"clear (>= {SMALL_EFFECT})"
+    )
+    lines = [
+        "| dataset | observed effect | conditions | departures | control | mean_shift "
+        "| departures < control | departures < mean_shift |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for (dataset, effect), g in wide.groupby(["dataset", "effect"], sort=False):
+        lines.append(
+            f"| {dataset} | {effect} | {len(g)} | {g['departures'].median():.3f} "
+            f"| {g['control'].median():.3f} | {g['mean_shift'].median():.3f} "
+            f"| {(g['departures'] < g['control']).mean():.0%} "
+            f"| {(g['departures'] < g['mean_shift']).mean():.0%} |"
+        )
+    return "\n".join(lines)
 
 
 def format_table(scores: pd.DataFrame, times: dict[str, list[float]]) -> str:
@@ -111,7 +154,10 @@ def format_table(scores: pd.DataFrame, times: dict[str, list[float]]) -> str:
         "|---|---|" + "---|" * (len(cols) + 1),
     ]
     for (dataset, method), group in scores.groupby(["dataset", "method"], sort=False):
-        cells = [f"{group[c].mean():.3f} ± {group[c].std(ddof=0):.3f}" for c in cols]
+        cells = [
+            f"{group[c].mean():.3f} ± {group[c].std(ddof=0):.3f}" if group[c].notna().any() else "—"
+            for c in cols
+        ]
         t = f"{np.mean(times[dataset]):.0f}" if method == "departures" else ""
         lines.append(f"| {dataset} | {method} | " + " | ".join(cells) + f" | {t} |")
     return "\n".join(lines)
