@@ -11,6 +11,7 @@ from pathlib import Path
 import streamlit as st
 
 from app import state
+from app.sidebar import code, escape
 from departures_core import figures, launch, registry
 
 LABELS = {
@@ -34,13 +35,13 @@ def _panel(run_dir: Path, polling: bool) -> None:
     status = registry.status(run_dir)
     if status.active != polling:  # started or ended since the page was drawn: redraw it all
         st.rerun()
-    st.subheader(f"Run `{run_dir.name}`")
+    st.subheader(f"Run {code(run_dir.name)}")
     where = f" on {status.device.upper()}" if status.device else ""
     total = f"{status.total:,}" if status.total else "?"
     text = f"{LABELS[status.state]} · epoch {status.epoch} · step {status.step:,} of {total}"
     st.progress(status.fraction, text=text + where if status.total else LABELS[status.state])
     if status.error:
-        st.error(f"Training failed: {status.error}", icon=":material/error:")
+        st.error(f"Training failed: {escape(status.error)}", icon=":material/error:")
     history = state.live_history(run_dir, status)
     if len(history):
         st.plotly_chart(figures.loss_curves(history), width="stretch")
@@ -50,7 +51,7 @@ def _panel(run_dir: Path, polling: bool) -> None:
     _buttons(run_dir, status)
     split = registry.read_json(run_dir / "split.json").get("holdout", [])
     if split:
-        st.caption(f"Held out ({len(split)}): {', '.join(split)}")
+        st.caption(f"Held out ({len(split)}): {', '.join(map(escape, split))}")
     with st.expander("Training log"):
         st.code(registry.log_tail(run_dir), language=None)
 

@@ -1,7 +1,12 @@
-"""The sidebar every page shares: dataset, run (selectable) and device; the runs folder."""
+"""The sidebar every page shares: dataset, run (selectable) and device; the runs folder.
+
+Also `escape` and `code`, which any page uses to put a user's text (file, run, perturbation
+or column names) into Markdown so that it is shown as typed, never interpreted.
+"""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import streamlit as st
@@ -17,7 +22,7 @@ def render() -> None:
         if ds is None:
             st.caption("none loaded — see Home or Data")
         else:
-            st.caption(f"{ds.name} · {state.adata().n_obs:,} cells")
+            st.caption(f"{escape(ds.name)} · {state.adata().n_obs:,} cells")
         _run_picker()
         st.markdown("**Device**")
         st.caption(state.device_label())
@@ -47,3 +52,29 @@ def _run_picker() -> None:
     if picked != (str(current) if current else None):
         state.set_run(Path(picked) if picked else None)
         st.rerun()
+
+
+# ------------------------------------------------------------------ user text in Markdown
+# st.markdown, st.caption, st.subheader, st.info/error/... render Markdown (raw HTML is
+# shown as text: we never pass unsafe_allow_html): a file named "**x**" would turn bold,
+# "[x](url)" become a link, "$x$" maths, ":red[x]" red.
+_PUNCTUATION = re.compile(r"([!-/:-@\[-`{-~])")  # every ASCII punctuation character
+
+
+def escape(text) -> str:
+    """``text`` for Markdown prose: shown as typed.
+
+    Every ASCII punctuation character is backslash-escaped (CommonMark allows it for all of
+    them), which also disarms HTML, links, ``$`` maths and ``:red[...]`` directives; line
+    breaks become spaces, so the text cannot start a heading or a list.
+    """
+    return _PUNCTUATION.sub(r"\\\1", " ".join(str(text).splitlines()))
+
+
+def code(text) -> str:
+    """``text`` as a Markdown code span (monospace, shown literally), whatever backticks
+    it holds: the fence is one backtick longer than its longest run of them."""
+    text = " ".join(str(text).splitlines()) or " "
+    fence = "`" * (max(map(len, re.findall("`+", text)), default=0) + 1)
+    pad = " " if text[0] in "` " or text[-1] in "` " else ""  # CommonMark strips one each
+    return f"{fence}{pad}{text}{pad}{fence}"

@@ -20,10 +20,9 @@ from .data import Condition
 from .errors import ConfigError, UnknownPerturbationError
 from .evaluate import de_genes, mean_shift_predictor
 from .model import condition_rows, encode
+from .runs import MAX_TRAJECTORY_VALUES  # the one memory cap the library and the app share
 from .sample import Simulation, simulate
 from .train import resolve_device
-
-MAX_TRAJECTORY_VALUES = 200_000_000  # cells x genes x (steps + 1) floats kept for a trajectory
 
 
 def conditions_table(run) -> pd.DataFrame:

@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from . import keys
+from . import keys, pp
 from .errors import (
     DataValidationError,
     InputFileError,
@@ -22,6 +22,7 @@ from .errors import (
 )
 
 HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
+MAX_LOG_VALUE = 50.0  # log1p(CP10k) stays below ~10, log2(TPM + 1) below ~20
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
 DEMO_PATH = ASSETS / "perturbench_devel_norman19_mcfaline23.h5ad"
 
@@ -56,6 +57,8 @@ def read(path: str | os.PathLike) -> ad.AnnData:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)
+            # `validate` reports duplicate gene names as an error that says how to fix them
+            warnings.filterwarnings("ignore", "Variable names are not unique", UserWarning)
             return ad.read_h5ad(path)
     except Exception as exc:  # h5py/anndata raise many types for damaged files
         raise InputFileError(
@@ -91,9 +94,12 @@ def detect_keys(
 
     Raises
     ------
+    DataValidationError
+        If ``adata`` has no cells or no genes (there is nothing to detect).
     KeyNotFoundError
         If no obs column looks like a perturbation label with a control value.
     """
+    _check_not_empty(adata)
     obs = adata.obs
     lowered = {c.lower(): c for c in obs.columns}
     if perturbation_key is not None:
@@ -131,7 +137,17 @@ def _check_column(adata: ad.AnnData, key: str | None, role: str) -> None:
     if key is not None and key not in adata.obs.columns:
         raise KeyNotFoundError(
             f"obs has no column '{key}' for the {role}. Columns present: "
-            f"{', '.join(map(str, adata.obs.columns)) or 'none'}."
+            f"{', '.join(map(str, adata.obs.columns)) or 'none'}. Choose one of those, "
+            f"or add the {role} of every cell to adata.obs['{key}']."
+        )
+
+
+def _check_not_empty(adata: ad.AnnData) -> None:
+    if adata.n_obs == 0 or adata.n_vars == 0:
+        raise DataValidationError(
+            f"The AnnData is empty ({adata.n_obs} cells x {adata.n_vars} genes): there is "
+            "nothing to train on. Check that filtering or subsetting kept some cells and "
+            "genes (adata.shape) before saving it."
         )
 
 
@@ -141,17 +157,32 @@ def _check_matrix(adata: ad.AnnData) -> None:
         raise DataValidationError("The AnnData has no X matrix; store expression in adata.X.")
     values = x.data if sp.issparse(x) else np.asarray(x)
     if not np.issubdtype(values.dtype, np.number):
-        raise DataValidationError(f"X holds {values.dtype} values; expression must be numeric.")
+        raise DataValidationError(
+            f"X holds {values.dtype} values; expression must be numeric "
+            "(e.g. adata.X = adata.X.astype('float32'))."
+        )
     if not np.isfinite(values).all():
         n_bad = int((~np.isfinite(values)).sum())
         raise DataValidationError(
             f"X contains {n_bad} NaN or infinite value(s). Remove or impute them "
             "(e.g. adata.X = np.nan_to_num(adata.X)) before uploading."
         )
-    if values.size and values.min() < 0:
+    if not values.any():
+        layers = ", ".join(adata.layers) or "none"
+        raise DataValidationError(
+            f"X holds only zeros. If the expression is in a layer (layers: {layers}), copy "
+            "it into X first, e.g. adata.X = adata.layers['counts']."
+        )
+    if values.min() < 0:
         raise DataValidationError(
             f"X contains negative values (min {values.min():.3g}). Give raw counts or "
             "log-normalised expression, not scaled/centred data (undo sc.pp.scale)."
+        )
+    if values.max() > MAX_LOG_VALUE and not pp.is_counts(adata):
+        raise DataValidationError(
+            f"X looks neither like raw counts (integers) nor like log-normalised expression "
+            f"(values up to {values.max():.4g}). Give raw counts, or log-transform normalised "
+            "data first (sc.pp.log1p(adata))."
         )
 
 
@@ -161,10 +192,7 @@ def validate(adata: ad.AnnData, obs_keys: ObsKeys, *, min_cells: int = 3) -> Non
     Perturbations with fewer than ``min_cells`` cells raise `TooFewCellsError`;
     `drop_rare` removes them instead.
     """
-    if adata.n_obs == 0 or adata.n_vars == 0:
-        raise DataValidationError(
-            f"The AnnData is empty ({adata.n_obs} cells x {adata.n_vars} genes)."
-        )
+    _check_not_empty(adata)
     if adata.var_names.has_duplicates:
         dups = adata.var_names[adata.var_names.duplicated()].unique()[:5]
         raise DataValidationError(
@@ -183,7 +211,9 @@ def validate(adata: ad.AnnData, obs_keys: ObsKeys, *, min_cells: int = 3) -> Non
         )
     if (labels == obs_keys.control).all():
         raise DataValidationError(
-            f"Every cell is a control ('{obs_keys.control}'); there is no perturbation to learn."
+            f"Every cell is a control ('{obs_keys.control}'); there is no perturbation to "
+            f"learn. Check that '{obs_keys.perturbation_key}' is the perturbation column and "
+            "that the file holds the perturbed cells too."
         )
     _check_matrix(adata)
     rare = rare_perturbations(adata, obs_keys, min_cells=min_cells)
@@ -192,7 +222,8 @@ def validate(adata: ad.AnnData, obs_keys: ObsKeys, *, min_cells: int = 3) -> Non
         more = f" and {len(rare) - 5} more" if len(rare) > 5 else ""
         raise TooFewCellsError(
             f"{len(rare)} perturbation(s) have fewer than {min_cells} cells: {listed}{more}. "
-            "Drop them (--drop-rare, or the 'drop rare perturbations' box) or lower --min-cells."
+            f"Drop them (--drop-rare, or tick 'Drop perturbations with fewer than {min_cells} "
+            "cells' on the Data page) or lower --min-cells."
         )
 
 
@@ -204,10 +235,20 @@ def rare_perturbations(adata: ad.AnnData, obs_keys: ObsKeys, *, min_cells: int) 
 
 
 def drop_rare(adata: ad.AnnData, obs_keys: ObsKeys, *, min_cells: int) -> ad.AnnData:
-    """Return ``adata`` without perturbations that have fewer than ``min_cells`` cells."""
+    """Return ``adata`` without perturbations that have fewer than ``min_cells`` cells.
+
+    Raises `TooFewCellsError` when that would drop every perturbation.
+    """
     rare = rare_perturbations(adata, obs_keys, min_cells=min_cells)
     if not rare:
         return adata
+    labels = adata.obs[obs_keys.perturbation_key].astype(str)
+    if set(labels) - {obs_keys.control} <= set(rare):
+        raise TooFewCellsError(
+            f"All {len(rare)} perturbation(s) have fewer than {min_cells} cells: dropping them "
+            "would leave only control cells. Lower --min-cells, or group the labels (e.g. by "
+            "target gene) so that each has enough cells."
+        )
     warnings.warn(f"Dropped {len(rare)} perturbation(s) with < {min_cells} cells.", stacklevel=2)
-    keep = ~adata.obs[obs_keys.perturbation_key].astype(str).isin(list(rare))
+    keep = ~labels.isin(list(rare))
     return adata[keep.to_numpy()].copy()

@@ -262,8 +262,7 @@ def resume(run_dir: str | Path, *, epochs: int | None = None) -> int:
         raise DeparturesError(f"Run '{run_dir.name}' is still {st.state}.")
     if not is_run(run_dir):
         raise RunError(f"Run '{run_dir.name}' has no checkpoint to resume from; start it again.")
-    cfg = RunConfig.from_dict(read_json(run_dir / keys.CONFIG_FILE))
-    t = cfg.train
+    t = _saved_config(run_dir).train
     argv = [
         "--resume",
         f"--epochs={epochs or t.epochs}",
@@ -279,6 +278,26 @@ def resume(run_dir: str | Path, *, epochs: int | None = None) -> int:
         argv,
         {"dataset": previous.get("dataset", ""), "data": previous.get("data", ""), "resume": True},
     )
+
+
+def _saved_config(run_dir: Path) -> RunConfig:
+    """The run's config, after checking that its model loads (`RunError` before a launch that
+    could only fail). The checkpoint's copy is used when ``config.json`` is damaged."""
+    from .train import load_model
+
+    model, _ = load_model(run_dir)
+    if not (run_dir / keys.DATA_FILE).is_file():
+        raise RunError(
+            f"{run_dir} has no {keys.DATA_FILE} (the data the run was trained on), so it "
+            "cannot be resumed; copy the whole run folder, or train again."
+        )
+    saved = read_json(run_dir / keys.CONFIG_FILE)
+    if not isinstance(saved.get("train"), dict):
+        return model.config
+    try:
+        return RunConfig.from_dict(saved)
+    except (TypeError, ValueError, AttributeError):
+        return model.config
 
 
 def stop(run_dir: str | Path) -> None:

@@ -19,6 +19,8 @@ from .errors import RunError, UnknownPerturbationError
 from .nn import PAD, UNKNOWN, ConditionEncoder, CondTensors, DeparturesNet, GRNEncoder
 
 CHECKPOINT_FORMAT = 1
+# what every checkpoint of this format holds; a resume also needs optimizer and torch_rng
+CHECKPOINT_KEYS = ("config", "vocab", "split", "model", "epoch", "step")
 
 
 def library_version() -> str:
@@ -193,7 +195,13 @@ class Departures:
 
 
 def atomic_write_bytes(path: Path, write) -> None:
-    """Write via a temporary file in the same folder and ``os.replace``: all or nothing."""
+    """Write via a temporary file in the same folder and ``os.replace``: all or nothing.
+
+    The file is flushed and fsynced before the rename and the folder after it, so a crash or
+    power loss leaves either the previous file or the new one, never a partial one. A process
+    killed mid-write leaves its temporary file behind: readers ignore it and the next
+    training of the folder removes it (`remove_partial_writes`).
+    """
     path = Path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     umask = os.umask(0)
@@ -208,6 +216,35 @@ def atomic_write_bytes(path: Path, write) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    _fsync_folder(path.parent)
+
+
+def _fsync_folder(folder: Path) -> None:
+    """Make a rename in ``folder`` durable (POSIX); a no-op where folders cannot be opened."""
+    try:
+        fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def remove_partial_writes(folder: Path, names) -> list[Path]:
+    """Delete the temporary files that `atomic_write_bytes` of ``names`` left in ``folder``
+    when its process was killed mid-write; return them.
+
+    Only the one process writing ``folder`` may call this (another writer's file in flight
+    would be deleted under it).
+    """
+    folder = Path(folder)
+    stale = [p for name in names for p in folder.glob(f".{name}.*.tmp") if p.is_file()]
+    for p in stale:
+        p.unlink(missing_ok=True)
+    return stale
 
 
 def atomic_write_text(path: Path, text: str) -> None:
@@ -219,21 +256,41 @@ def save_checkpoint(path: Path, state: dict) -> None:
 
 
 def load_checkpoint(path: Path, device: torch.device | str = "cpu") -> dict:
-    """Load a checkpoint safely (``weights_only=True``: nothing is unpickled)."""
+    """Load a checkpoint safely (``weights_only=True``: nothing is unpickled).
+
+    Raises `RunError` naming the file and what to do when it is missing, unreadable, or
+    written by a version of Departures whose checkpoints this one cannot read.
+    """
     path = Path(path)
     if not path.exists():
         raise RunError(f"{path.parent} has no {path.name}; it is not a trained run folder.")
     try:
         state = torch.load(path, map_location=device, weights_only=True)
     except Exception as exc:
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
         raise RunError(
-            f"{path} is corrupt or not a Departures checkpoint ({exc}). "
-            "Retrain, or resume from an intact copy."
+            f"{path} is corrupt or not a Departures checkpoint ({reason}). "
+            f"The run in {path.parent} cannot be opened or resumed: train it again, or "
+            f"restore {path.name} from an intact copy of the folder."
         ) from exc
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
+        found = state.get("format") if isinstance(state, dict) else None
         raise RunError(
             f"{path} was written by an incompatible version of Departures "
-            f"(format {state.get('format') if isinstance(state, dict) else '?'}, "
-            f"expected {CHECKPOINT_FORMAT}). Retrain with this version."
+            f"(checkpoint format {found if found is not None else 'unknown'}"
+            f"{_written_by(state)}; this version {library_version()} reads format "
+            f"{CHECKPOINT_FORMAT}). Train the run in {path.parent} again with this version."
+        )
+    missing = [k for k in CHECKPOINT_KEYS if k not in state]
+    if missing:
+        raise RunError(
+            f"{path} lacks {', '.join(missing)}: it was written by an older or incompatible "
+            f"version of Departures{_written_by(state)}. Train the run in {path.parent} "
+            f"again with this version ({library_version()})."
         )
     return state
+
+
+def _written_by(state) -> str:
+    version = state.get("library_version") if isinstance(state, dict) else None
+    return f", written by version {version}" if version else ""

@@ -13,6 +13,8 @@ from . import keys
 
 def is_counts(adata: ad.AnnData, *, n_check: int = 2000) -> bool:
     """True when ``X`` looks like raw counts: non-negative integers with large values."""
+    if adata.X is None:
+        return False
     x = adata.X[: min(n_check, adata.n_obs)]
     values = x.data if sp.issparse(x) else np.asarray(x).ravel()
     if values.size == 0:
@@ -76,16 +78,19 @@ def _select_genes(adata: ad.AnnData, forced: list[str], n_genes: int) -> np.ndar
     import scanpy as sc
 
     n_hvg = max(n_genes - len(forced), 0)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        hvg = sc.pp.highly_variable_genes(
-            adata, n_top_genes=max(n_hvg, 1), flavor="seurat", inplace=False
-        )
-    ranked = hvg["dispersions_norm"].to_numpy(dtype=float)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            hvg = sc.pp.highly_variable_genes(
+                adata, n_top_genes=max(n_hvg, 1), flavor="seurat", inplace=False
+            )
+        ranked = hvg["dispersions_norm"].to_numpy(dtype=float)
+    except IndexError:  # scanpy 1.11 when no gene varies: keep the first genes
+        ranked = np.full(adata.n_vars, np.nan)
     ranked = np.nan_to_num(ranked, nan=-np.inf)
     forced_mask = adata.var_names.isin(forced)
-    ranked[forced_mask] = -np.inf
-    order = np.argsort(-ranked, kind="stable")[:n_hvg]
+    order = np.argsort(-ranked, kind="stable")
+    order = order[~forced_mask[order]][:n_hvg]  # forced genes are in already
     mask = forced_mask.copy()
     mask[order] = True
     return mask

@@ -49,6 +49,8 @@ def run_path(runs_dir: str | Path, name: str) -> Path:
     path = (root / safe_name(name)).resolve()
     if path.parent != root:  # defence in depth; safe_name already removes separators
         raise DeparturesError(f"Run name '{name}' points outside the runs folder.")
+    if path.name == UPLOADS:  # staged uploads live there; a run there would not be listed
+        raise DeparturesError(f"'{UPLOADS}' is reserved for uploaded files; choose another name.")
     return path
 
 
@@ -110,10 +112,18 @@ class RunStatus:
 
 
 def read_json(path: Path) -> dict:
+    """A JSON object from ``path``; empty when missing, unreadable or not an object."""
     try:
-        return json.loads(path.read_text())
+        obj = json.loads(path.read_text())
     except (OSError, ValueError):
         return {}
+    return obj if isinstance(obj, dict) else {}
+
+
+def _number(d: dict, key: str) -> int | float | None:
+    """``d[key]`` when it is a number (a damaged file may hold anything)."""
+    v = d.get(key)
+    return v if isinstance(v, int | float) and not isinstance(v, bool) else None
 
 
 def _alive(pid: int | None) -> bool:
@@ -159,7 +169,7 @@ def log_error(run_dir: str | Path) -> str:
     for line in reversed(lines):
         if line.startswith("error: "):
             return line.removeprefix("error: ")
-    code = read_json(Path(run_dir) / LAUNCH_FILE).get("returncode")
+    code = _number(read_json(Path(run_dir) / LAUNCH_FILE), "returncode")
     if code is not None and code < 0:
         how = f"was killed by signal {-code}" + (" (out of memory?)" if code == -9 else "")
     else:
@@ -175,17 +185,20 @@ def status(run_dir: str | Path) -> RunStatus:
     prog = read_json(run_dir / keys.PROGRESS_FILE)
     launch = read_json(run_dir / LAUNCH_FILE)
     fields = {
-        k: prog[k]
-        for k in ("step", "total", "epoch", "loss_cont", "loss_disc", "device")
-        if prog.get(k) is not None
+        k: _number(prog, k)
+        for k in ("step", "total", "epoch", "loss_cont", "loss_disc")
+        if _number(prog, k) is not None
     }
+    if isinstance(prog.get("device"), str):
+        fields["device"] = prog["device"]
     # progress.json written by the latest launch (a resume starts with the old one in place)
     fresh = (
         bool(prog)
-        and (run_dir / keys.PROGRESS_FILE).stat().st_mtime >= launch.get("started", 0) - 1
+        and _modified(run_dir / keys.PROGRESS_FILE) >= (_number(launch, "started") or 0) - 1
     )
     stop = (run_dir / keys.STOP_FILE).exists()
-    if _alive(launch.get("pid")) and launch.get("returncode") is None:
+    pid = _number(launch, "pid")
+    if _alive(int(pid) if pid else None) and launch.get("returncode") is None:
         if stop:
             return RunStatus("stopping", **fields)
         running = fresh and prog.get("state") == "running"
@@ -194,7 +207,8 @@ def status(run_dir: str | Path) -> RunStatus:
     if state in ("finished", "stopped"):
         return RunStatus(state, **fields)
     if state == "failed":
-        return RunStatus("failed", **fields, error=prog.get("error") or log_error(run_dir))
+        error = prog.get("error")
+        return RunStatus("failed", **fields, error=str(error) if error else log_error(run_dir))
     if state == "running":  # the process died after its last report
         if fields.get("step", 0) >= fields.get("total", 0):
             return RunStatus("finished", **fields)
@@ -205,12 +219,20 @@ def status(run_dir: str | Path) -> RunStatus:
         if is_run(run_dir):
             return RunStatus("stopped", **fields)
         return RunStatus("cancelled", **fields, error="stopped before the first training step")
-    if is_run(run_dir) and launch.get("returncode") in (None, 0):
+    if is_run(run_dir) and _number(launch, "returncode") in (None, 0):
         # a run copied from elsewhere, or one whose process outlived the app that started it
         fields = fields or _from_history(run_dir)
         done = fields.get("step", 0) >= fields.get("total", 0)
         return RunStatus("finished" if done else "stopped", **fields)
     return RunStatus("failed", **fields, error=log_error(run_dir))
+
+
+def _modified(path: Path) -> float:
+    """``path``'s modification time; 0 when it does not exist."""
+    try:
+        return path.stat().st_mtime
+    except OSError:
+        return 0.0
 
 
 def _from_history(run_dir: Path) -> dict:
@@ -228,12 +250,18 @@ def _from_history(run_dir: Path) -> dict:
 
 
 def history(run_dir: str | Path) -> pd.DataFrame:
-    """Per-step losses (``history.csv``); empty with the right columns before the first epoch."""
+    """Per-step losses (``history.csv``); empty with the right columns before the first epoch
+    (and when the file is damaged: losses are for display, never a reason to fail)."""
     path = Path(run_dir) / keys.HISTORY_FILE
+    empty = pd.DataFrame(columns=list(HISTORY_COLUMNS))
     try:
-        return pd.read_csv(path)
+        h = pd.read_csv(path)
     except (OSError, ValueError):
-        return pd.DataFrame(columns=list(HISTORY_COLUMNS))
+        return empty
+    if not set(HISTORY_COLUMNS) <= set(h.columns):
+        return empty
+    h = h[list(HISTORY_COLUMNS)].apply(pd.to_numeric, errors="coerce").dropna()
+    return h.astype({"step": int, "epoch": int}).reset_index(drop=True)
 
 
 # ------------------------------------------------------------------ listing
@@ -256,15 +284,15 @@ def describe(path: str | Path) -> RunInfo:
         if (path / f).exists()
     ]
     modified = max((f.stat().st_mtime for f in files), default=path.stat().st_mtime)
-    split = read_json(path / keys.SPLIT_FILE)
-    dataset = read_json(path / LAUNCH_FILE).get("dataset", "")
+    holdout = read_json(path / keys.SPLIT_FILE).get("holdout")
+    dataset = read_json(path / LAUNCH_FILE).get("dataset")
     return RunInfo(
         path.name,
         path,
         status(path),
         datetime.fromtimestamp(modified),
-        tuple(split.get("holdout", ())),
-        dataset,
+        tuple(map(str, holdout)) if isinstance(holdout, list) else (),
+        dataset if isinstance(dataset, str) else "",
     )
 
 
@@ -281,7 +309,13 @@ def list_runs(runs_dir: str | Path) -> list[RunInfo]:
         and p.name != UPLOADS
         and (is_run(p) or (p / LAUNCH_FILE).exists())
     ]
-    return sorted((describe(p) for p in found), key=lambda r: r.modified, reverse=True)
+    infos = []
+    for p in found:
+        try:
+            infos.append(describe(p))
+        except OSError:  # deleted (or made unreadable) while listing
+            continue
+    return sorted(infos, key=lambda r: r.modified, reverse=True)
 
 
 def runs_table(runs: list[RunInfo]) -> pd.DataFrame:

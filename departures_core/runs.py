@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import time
 import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,10 +17,24 @@ import torch
 from . import io, keys, pp
 from .config import RunConfig
 from .data import PerturbationData, Split, populations
-from .errors import ConfigError, RunError, UnknownPerturbationError
-from .model import Departures, atomic_write_text, encode
+from .errors import ConfigError, DeparturesError, RunError, UnknownPerturbationError
+from .model import Departures, atomic_write_text, encode, remove_partial_writes
 from .sample import Simulation, simulate
 from .train import fit, load_model, resolve_device
+
+# cells x genes x (steps + 1) values a trajectory may hold (float32: ~0.8 GB, plus copies);
+# larger requests are refused (`predict`) or get fewer cells with a notice (the app)
+MAX_TRAJECTORY_VALUES = 200_000_000
+# what a training process writes into its run folder, atomically
+RUN_FILES = (
+    keys.MODEL_FILE,
+    keys.HISTORY_FILE,
+    keys.PROGRESS_FILE,
+    keys.CONFIG_FILE,
+    keys.SPLIT_FILE,
+    keys.DATA_FILE,
+)
+LOCK_FILE = ".train.lock"  # held (flock) by the one process training a run folder
 
 
 def prepare(adata: ad.AnnData, config: RunConfig) -> ad.AnnData:
@@ -54,25 +69,37 @@ def train(
     config.check()
     device = resolve_device(config.train.device)
     torch.manual_seed(config.seed)
-    if resume:
-        model, state = load_model(run_dir)
-        saved = model.config
-        config = saved.replace(train=config.train)
-        model.config = config
-        data = open_data(run_dir, saved, model.split)
-    else:
-        if (run_dir / keys.MODEL_FILE).exists():
-            raise RunError(
-                f"{run_dir} already holds a trained run; resume it (--resume) or "
-                "choose another output folder, so that nothing trained is lost."
-            )
-        run_dir.mkdir(parents=True, exist_ok=True)
-        prepared = prepare(adata, config)
-        data = populations(prepared, config.data, seed=config.seed)
-        _write_run_files(run_dir, prepared, config, data.split)
-        model, state = Departures.build(data, config), None
-    atomic_write_text(run_dir / keys.CONFIG_FILE, config.to_json())
-    (run_dir / keys.STOP_FILE).unlink(missing_ok=True)
+    if resume and not run_dir.is_dir():
+        raise RunError(f"Run folder {run_dir} does not exist; there is nothing to resume.")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    with sole_writer(run_dir):
+        remove_partial_writes(run_dir, RUN_FILES)  # what a process killed mid-write left
+        if resume:
+            model, state = load_model(run_dir)
+            _check_resumable(run_dir, state)
+            saved = model.config
+            config = saved.replace(train=config.train)
+            model.config = config
+            data = open_data(run_dir, saved, model.split)
+        else:
+            if (run_dir / keys.MODEL_FILE).exists():
+                raise RunError(
+                    f"{run_dir} already holds a trained run; resume it (--resume) or "
+                    "choose another output folder, so that nothing trained is lost."
+                )
+            prepared = prepare(adata, config)
+            data = populations(prepared, config.data, seed=config.seed)
+            _write_run_files(run_dir, prepared, config, data.split)
+            model, state = Departures.build(data, config), None
+        atomic_write_text(run_dir / keys.CONFIG_FILE, config.to_json())
+        (run_dir / keys.STOP_FILE).unlink(missing_ok=True)
+        return _fit_reporting(
+            model, data, run_dir, device, state, callback, should_stop, progress_bar
+        )
+
+
+def _fit_reporting(model, data, run_dir, device, state, callback, should_stop, progress_bar):
+    """`fit`, reporting to ``progress.json``: steps, then finished, stopped or the failure."""
     reporter = ProgressFile(run_dir / keys.PROGRESS_FILE, device, callback)
     stop = should_stop or (lambda: (run_dir / keys.STOP_FILE).exists())
     try:
@@ -91,6 +118,39 @@ def train(
         raise
     reporter.finish(history, stopped=stop())
     return history
+
+
+@contextmanager
+def sole_writer(run_dir: Path):
+    """Hold an exclusive lock on ``run_dir`` while training it.
+
+    A second process training the same folder is refused instead of writing over the first
+    one's files. The operating system drops the lock when the process ends, however it ends
+    (SIGKILL included), so a killed run never stays locked.
+    """
+    try:
+        import fcntl
+    except ImportError:  # Windows: no advisory locks; one trainer per folder is up to the user
+        yield
+        return
+    with open(run_dir / LOCK_FILE, "a") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            raise RunError(
+                f"{run_dir} is being trained by another process; wait for it to finish, or "
+                "stop it first (the app's Stop button, or create a file named STOP there)."
+            ) from None
+        yield
+
+
+def _check_resumable(run_dir: Path, state: dict) -> None:
+    missing = [k for k in ("optimizer", "torch_rng") if k not in state]
+    if missing:
+        raise RunError(
+            f"{run_dir / keys.MODEL_FILE} holds a model but not its training state "
+            f"({', '.join(missing)}), so it cannot be resumed; train a new run instead."
+        )
 
 
 class ProgressFile:
@@ -123,9 +183,12 @@ class ProgressFile:
         self._write("stopped" if stopped else "finished", **{**last, "step": step})
 
     def fail(self, exc: BaseException) -> None:
-        reason = (
-            "interrupted" if isinstance(exc, KeyboardInterrupt) else f"{type(exc).__name__}: {exc}"
-        )
+        if isinstance(exc, KeyboardInterrupt):
+            reason = "interrupted"
+        elif isinstance(exc, DeparturesError):  # its message says what to do already
+            reason = str(exc)
+        else:
+            reason = f"{type(exc).__name__}: {exc}"
         self._write("failed", error=reason)
 
     def _write(self, state: str, **fields) -> None:
@@ -143,7 +206,7 @@ def _write_run_files(run_dir: Path, prepared: ad.AnnData, config: RunConfig, spl
     )
     for col in slim.obs.columns:
         slim.obs[col] = slim.obs[col].astype(str)
-    tmp = run_dir / f".{keys.DATA_FILE}.tmp"
+    tmp = run_dir / f".{keys.DATA_FILE}.partial.tmp"  # removed by `remove_partial_writes`
     slim.write_h5ad(tmp, compression="gzip")
     tmp.replace(run_dir / keys.DATA_FILE)
 
@@ -152,10 +215,20 @@ def open_data(run_dir: str | Path, config: RunConfig, split: Split) -> Perturbat
     """The preprocessed data a run was trained on (saved in the run folder)."""
     path = Path(run_dir) / keys.DATA_FILE
     if not path.exists():
-        raise RunError(f"{run_dir} has no {keys.DATA_FILE}; the run folder is incomplete.")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return populations(io.read(path), config.data, seed=config.seed, split=split)
+        raise RunError(
+            f"{run_dir} has no {keys.DATA_FILE}; the run folder is incomplete. Copy the whole "
+            "folder a training run wrote (the model needs the data it was trained on), or "
+            "train again."
+        )
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return populations(io.read(path), config.data, seed=config.seed, split=split)
+    except (DeparturesError, OSError, KeyError, ValueError) as exc:
+        raise RunError(
+            f"{path} cannot be used ({exc}). Copy the run folder again from an intact "
+            "copy, or train again."
+        ) from exc
 
 
 @dataclass
@@ -210,6 +283,10 @@ def predict(
         raise ConfigError(f"--steps must be >= 1, got {steps}.")
     unknown = model.check_perturbation(perturbation)
     cell_types = _cell_types_for(data, perturbation, cell_type)
+    n_steps = model.config.bridge.steps if steps is None else steps
+    if trajectory:  # refused before anything is drawn or simulated
+        sizes = [len(data.control_indices(ct)) if n_cells is None else n_cells for ct in cell_types]
+        check_trajectory_size(sum(sizes), len(data.genes), n_steps)
     rng = np.random.default_rng(seed)
     starts, rows, obs = [], [], []
     for ct in cell_types:
@@ -239,7 +316,7 @@ def predict(
         model.net,
         data.x[start],
         encode(model.vocab, rows),
-        steps=model.config.bridge.steps if steps is None else steps,
+        steps=n_steps,
         sigma=model.config.bridge.sigma,
         seed=seed,
         trajectory=trajectory,
@@ -250,6 +327,25 @@ def predict(
         pd.concat(obs, ignore_index=True),
         data.genes,
         {"seed": seed, "steps": len(sim.t) - 1, "unknown_parts": unknown, "run": str(run.path)},
+    )
+
+
+def check_trajectory_size(n_cells: int, n_genes: int, steps: int) -> None:
+    """Raise `ConfigError` before simulating a trajectory too large to keep in memory."""
+    values = n_cells * n_genes * (steps + 1)
+    if values <= MAX_TRAJECTORY_VALUES:
+        return
+    fit_cells = MAX_TRAJECTORY_VALUES // (n_genes * (steps + 1))
+    fewer = (
+        f"fewer cells (--n-cells {fit_cells:,} or less at {steps} steps) or fewer steps (--steps)"
+        if fit_cells
+        else f"fewer steps (--steps {max(1, MAX_TRAJECTORY_VALUES // n_genes - 1):,} or less)"
+    )
+    raise ConfigError(
+        f"A trajectory of {n_cells:,} cells × {n_genes:,} genes × {steps + 1} time points is "
+        f"{values:,} values (~{values * 4 / 1e9:.1f} GB), more than the "
+        f"{MAX_TRAJECTORY_VALUES:,} that fit in memory. Ask for {fewer}, or leave out "
+        "--trajectory to keep only the endpoints."
     )
 
 

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import csv
+import math
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +18,7 @@ from . import keys, ot
 from .bridges import ctmc, sde
 from .config import RunConfig
 from .data import PerturbationData
+from .errors import ConfigError, RunError
 from .model import Departures, condition_rows, encode, load_checkpoint, save_checkpoint
 
 HISTORY_COLUMNS = ("step", "epoch", "loss_cont", "loss_disc", "loss", "seconds")
@@ -116,7 +119,9 @@ def fit(
         for group in opt.param_groups:  # a resumed run may change them
             group["lr"], group["weight_decay"] = config.train.lr, config.train.weight_decay
         epoch0, step = int(resume_state["epoch"]), int(resume_state["step"])
-        history = read_history(Path(run_dir) / keys.HISTORY_FILE) if run_dir else []
+        # history.csv is written before the checkpoint: rows past it are from a killed epoch
+        saved = read_history(Path(run_dir) / keys.HISTORY_FILE) if run_dir else []
+        history = [r for r in saved if r["step"] <= step]
         torch.set_rng_state(resume_state["torch_rng"].cpu())
     n_pairs = sum(len(c.perturbed) for c in data.train_conditions())
     steps_per_epoch = -(-n_pairs // config.train.batch_size)
@@ -125,51 +130,72 @@ def fit(
     start = time.perf_counter() - (history[-1]["seconds"] if history else 0.0)
     amp = device.type == "cuda"
     stopped = False
-    for epoch in range(epoch0, config.train.epochs):
-        rng = np.random.default_rng([config.seed, epoch])  # pairing is reproducible on resume
-        i0, i1, ci = epoch_pairs(data, config, rng)
-        order = torch.from_numpy(rng.permutation(len(i0)))
-        i0, i1, ci = (torch.from_numpy(a)[order].to(device) for a in (i0, i1, ci))
-        for s in range(0, len(order), config.train.batch_size):
-            rows = slice(s, s + config.train.batch_size)
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-                l_cont, l_disc = losses(model, x[i0[rows]], x[i1[rows]], cond_all[ci[rows]], config)
-                loss = l_cont + config.bridge.disc_weight * l_disc
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            step += 1
-            row = {
-                "step": step,
-                "epoch": epoch + 1,
-                "loss_cont": l_cont.item(),
-                "loss_disc": l_disc.item(),
-                "loss": loss.item(),
-                "seconds": round(time.perf_counter() - start, 3),
-            }
-            history.append(row)
-            bar.update(1)
-            bar.set_postfix(cont=f"{row['loss_cont']:.4f}", disc=f"{row['loss_disc']:.4f}")
-            if callback:
-                callback(Progress(step, total, epoch + 1, row["loss_cont"], row["loss_disc"]))
-            if should_stop and should_stop():
-                stopped = True
+    with bar:  # closed on errors too, so an error message starts its own line
+        for epoch in range(epoch0, config.train.epochs):
+            rng = np.random.default_rng([config.seed, epoch])  # pairing is reproducible on resume
+            i0, i1, ci = epoch_pairs(data, config, rng)
+            order = torch.from_numpy(rng.permutation(len(i0)))
+            i0, i1, ci = (torch.from_numpy(a)[order].to(device) for a in (i0, i1, ci))
+            for s in range(0, len(order), config.train.batch_size):
+                rows = slice(s, s + config.train.batch_size)
+                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+                    l_cont, l_disc = losses(
+                        model, x[i0[rows]], x[i1[rows]], cond_all[ci[rows]], config
+                    )
+                    loss = l_cont + config.bridge.disc_weight * l_disc
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                step += 1
+                row = {
+                    "step": step,
+                    "epoch": epoch + 1,
+                    "loss_cont": l_cont.item(),
+                    "loss_disc": l_disc.item(),
+                    "loss": loss.item(),
+                    "seconds": round(time.perf_counter() - start, 3),
+                }
+                if not math.isfinite(row["loss"]):
+                    raise _diverged(config, step, epoch + 1, row["loss"], kept=epoch > 0)
+                history.append(row)
+                bar.update(1)
+                bar.set_postfix(cont=f"{row['loss_cont']:.4f}", disc=f"{row['loss_disc']:.4f}")
+                if callback:
+                    callback(Progress(step, total, epoch + 1, row["loss_cont"], row["loss_disc"]))
+                if should_stop and should_stop():
+                    stopped = True
+                    break
+            if run_dir is not None:
+                _checkpoint(model, opt, Path(run_dir), epoch + (0 if stopped else 1), step, history)
+            if stopped:
                 break
-        if run_dir is not None:
-            _checkpoint(model, opt, Path(run_dir), epoch + (0 if stopped else 1), step, history)
-        if stopped:
-            break
-    bar.close()
     net.eval()
     return history
 
 
+def _diverged(config: RunConfig, step: int, epoch: int, loss: float, kept: bool) -> ConfigError:
+    """The error of a loss or weights that stopped being finite numbers (NaN or infinity)."""
+    then = (
+        "train again, or resume (--resume --lr) from the last finished epoch, which is kept"
+        if kept
+        else "train again"
+    )
+    return ConfigError(
+        f"Training diverged: the loss became {loss} at step {step} (epoch {epoch}). "
+        f"Lower the learning rate (now {config.train.lr:g}) and {then}."
+    )
+
+
 def _checkpoint(model, opt, run_dir: Path, epoch: int, step: int, history: list[dict]) -> None:
+    if not all(torch.isfinite(p).all() for p in model.net.parameters()):
+        # never save broken weights over the last good checkpoint
+        raise _diverged(model.config, step, epoch, float("nan"), kept=epoch > 1)
     state = model.state(
         optimizer=opt.state_dict(), epoch=epoch, step=step, torch_rng=torch.get_rng_state()
     )
-    save_checkpoint(run_dir / keys.MODEL_FILE, state)
+    # history first: a kill between the two leaves extra rows, which a resume drops
     write_history(run_dir / keys.HISTORY_FILE, history)
+    save_checkpoint(run_dir / keys.MODEL_FILE, state)
 
 
 def write_history(path: Path, history: list[dict]) -> None:
@@ -185,16 +211,33 @@ def write_history(path: Path, history: list[dict]) -> None:
 
 
 def read_history(path: Path) -> list[dict]:
+    """The rows of ``history.csv``; none (with a warning) when it is unreadable."""
     if not Path(path).exists():
         return []
-    with open(path) as fh:
-        return [
-            {k: (int(v) if k in ("step", "epoch") else float(v)) for k, v in row.items()}
-            for row in csv.DictReader(fh)
-        ]
+    try:
+        with open(path) as fh:
+            return [
+                {
+                    k: int(row[k]) if k in ("step", "epoch") else float(row[k])
+                    for k in HISTORY_COLUMNS
+                }
+                for row in csv.DictReader(fh)
+            ]
+    except (OSError, KeyError, TypeError, ValueError) as exc:
+        warnings.warn(f"{path} is unreadable ({exc}); earlier losses are left out.", stacklevel=2)
+        return []
 
 
 def load_model(run_dir: str | Path, device: torch.device | str = "cpu") -> tuple[Departures, dict]:
-    """The model of a run folder and its raw checkpoint state."""
-    state = load_checkpoint(Path(run_dir) / keys.MODEL_FILE, device="cpu")
-    return Departures.from_state(state), state
+    """The model of a run folder and its raw checkpoint state; `RunError` when unusable."""
+    path = Path(run_dir) / keys.MODEL_FILE
+    state = load_checkpoint(path, device="cpu")
+    try:
+        return Departures.from_state(state), state
+    except (KeyError, TypeError, ValueError, RuntimeError, AttributeError) as exc:
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        raise RunError(
+            f"{path} does not match the network this version of Departures builds "
+            f"({type(exc).__name__}: {reason}); it was probably written by an older "
+            f"version. Train the run in {path.parent} again with this version."
+        ) from exc

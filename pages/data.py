@@ -2,7 +2,7 @@
 
 import streamlit as st
 
-from app import state, widgets
+from app import sidebar, state, widgets
 from departures_core import embedding, figures, launch, pp
 from departures_core.config import DataConfig
 from departures_core.errors import DeparturesError
@@ -17,8 +17,10 @@ if pick.button("Load bundled dataset", icon=":material/download:"):
 uploaded = upload.file_uploader("…or upload your own .h5ad (up to 2 GB)", ["h5ad"], key="upload")
 if uploaded is not None and st.session_state.get("upload_id") != uploaded.file_id:
     st.session_state["upload_id"] = uploaded.file_id
-    if state.attempt("data", state.load_upload, uploaded):
+    if state.attempt("upload", state.load_upload, uploaded):
         st.rerun()
+if uploaded is not None:  # why the file in the uploader could not be opened, if it could not
+    state.error("upload")
 state.error("data")
 
 ds, adata = state.dataset(), state.adata()
@@ -26,24 +28,35 @@ if ds is None:
     st.info("Load the bundled demo dataset or upload an AnnData `.h5ad` file to begin.")
     st.stop()
 
-st.subheader(ds.name)
+st.subheader(sidebar.escape(ds.name))
+if 0 in adata.shape or adata.obs.columns.empty:  # nothing to map or to show: say why, stop
+    state.error("detect")
+    st.stop()
 counts = pp.is_counts(adata)
 expression = "raw counts (log-normalised for training)" if counts else "log-normalised"
 st.caption(
     f"Expression: {expression}. The obs columns below were detected automatically; "
     "change them if they are wrong."
 )
-keys = widgets.obs_keys_editor(ds.key, adata, state.obs_keys())
+detected = state.obs_keys()
+keys = widgets.obs_keys_editor(ds.key, adata, detected)
 state.set_obs_keys(keys)
+if detected is None:  # detection failed: the editor starts from a guess
+    st.session_state[f"guess-{ds.key}"] = keys
+guessed = keys == st.session_state.get(f"guess-{ds.key}")
+if guessed:
+    state.error("detect")  # why the columns could not be detected
 min_cells = DataConfig.min_cells
 try:
     rare = launch.check_dataset(
         adata, keys, min_cells=min_cells, drop_rare=st.session_state[state.DROP_RARE]
     )
     dropped = f" {len(rare)} rare perturbation(s) will be dropped." if rare else ""
-    st.success(f"Ready to train.{dropped}", icon=":material/check_circle:")
+    if guessed:
+        st.warning(f"The columns above are a guess: check them before training.{dropped}")
+    else:
+        st.success(f"Ready to train.{dropped}", icon=":material/check_circle:")
 except DeparturesError as exc:
-    state.error("detect")  # why the columns could not be detected, if they could not
     state.show_error(exc)
 st.checkbox(f"Drop perturbations with fewer than {min_cells} cells", key=state.DROP_RARE)
 

@@ -3,6 +3,7 @@
 import streamlit as st
 
 from app import state
+from app.sidebar import code, escape
 from departures_core import registry
 from departures_core.errors import DeparturesError
 
@@ -23,16 +24,16 @@ with col_data.container(border=True):
         st.caption("None loaded yet.")
     else:
         adata, keys = state.adata(), state.obs_keys()
-        st.markdown(f"{ds.name}  \n{adata.n_obs:,} cells × {adata.n_vars:,} genes")
+        st.markdown(f"{escape(ds.name)}  \n{adata.n_obs:,} cells × {adata.n_vars:,} genes")
         if keys:
-            st.caption(f"perturbation `{keys.perturbation_key}` · control `{keys.control}`")
+            st.caption(f"perturbation {code(keys.perturbation_key)} · control {code(keys.control)}")
 with col_run.container(border=True):
     st.markdown("**Run**")
     if run is None:
         st.caption("None selected.")
     else:
         status = registry.status(run)
-        st.markdown(f"{run.name}  \n{status.state}, epoch {status.epoch}")
+        st.markdown(f"{escape(run.name)}  \n{status.state}, epoch {status.epoch}")
 with col_device.container(border=True):
     st.markdown("**Device**")
     st.markdown(state.device_label())
@@ -48,7 +49,7 @@ st.caption(
 st.subheader("Saved runs")
 runs = registry.list_runs(state.runs_dir())
 if not runs:
-    st.caption(f"No runs in `{state.runs_dir()}` yet: train one on the Train page.")
+    st.caption(f"No runs in {code(state.runs_dir())} yet: train one on the Train page.")
 else:
     st.caption("Click a row to open that run; it is then selected on every page.")
 

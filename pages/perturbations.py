@@ -8,7 +8,7 @@ import re
 import pandas as pd
 import streamlit as st
 
-from app import state, widgets
+from app import sidebar, state, widgets
 from departures_core import explore, figures
 from departures_core.errors import DeparturesError
 
@@ -27,7 +27,7 @@ if run is None:
     st.stop()
 table = state.conditions(*state.run_key(run))
 st.caption(
-    f"Run `{run.path.name}` · epoch {run.epoch} · {len(run.data.genes):,} genes · "
+    f"Run {sidebar.code(run.path.name)} · epoch {run.epoch} · {len(run.data.genes):,} genes · "
     f"{int(table['held_out'].sum())} held-out conditions of {len(table)}"
 )
 cell_type, perts = widgets.condition_picker(table, key="perturbations", multi=True)
@@ -76,7 +76,7 @@ st.caption(
 )
 held = [c.perturbation for c in cells if c.held_out]
 if held:
-    st.caption(f"Never trained on (held out): {', '.join(held)}.")
+    st.caption(f"Never trained on (held out): {sidebar.escape(', '.join(held))}.")
 
 st.subheader("Metrics against the baselines")
 metric_cols = [m for m in KEY_METRICS if m in scores.columns]
