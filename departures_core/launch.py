@@ -81,23 +81,25 @@ def stage_upload(fileobj, name: str, dest: str | Path) -> Path:
     ``fileobj`` is bytes or a binary file object. The same content uploaded twice maps to
     the same path, so caches keyed on it are reused.
     """
+    safe = safe_name(Path(name).name)  # refuse an unusable name before writing anything
     dest = Path(dest)
     dest.mkdir(parents=True, exist_ok=True)
     tmp = dest / f".incoming-{os.getpid()}-{threading.get_ident()}"
     digest = hashlib.sha1()
-    with open(tmp, "wb") as out:
-        if isinstance(fileobj, bytes | bytearray):
-            fileobj = BytesIO(fileobj)
-        while chunk := fileobj.read(1 << 22):
-            digest.update(chunk)
-            out.write(chunk)
-    final = dest / digest.hexdigest()[:12] / safe_name(Path(name).name)
-    final.parent.mkdir(exist_ok=True)
-    if final.exists():
-        tmp.unlink()
-    else:
-        tmp.replace(final)
-    return final
+    try:
+        with open(tmp, "wb") as out:
+            if isinstance(fileobj, bytes | bytearray):
+                fileobj = BytesIO(fileobj)
+            while chunk := fileobj.read(1 << 22):
+                digest.update(chunk)
+                out.write(chunk)
+        final = dest / digest.hexdigest()[:12] / safe
+        final.parent.mkdir(exist_ok=True)
+        if not final.exists():
+            tmp.replace(final)
+        return final
+    finally:
+        tmp.unlink(missing_ok=True)  # already moved, or a failed write: no partial file left
 
 
 def _link_or_copy(src: Path, dst: Path) -> Path:

@@ -199,9 +199,6 @@ def test_a_link_in_the_runs_folder_cannot_redirect_a_run(tmp_path):
         registry.run_path(tmp_path / "runs", "mine")
 
 
-@pytest.mark.xfail(
-    strict=True, reason="launch.stage_upload writes the file before it checks the name"
-)
 def test_refused_upload_names_leave_no_partial_file(tmp_path):
     with pytest.raises(DeparturesError):
         launch.stage_upload(b"0" * 1000, "..", tmp_path)
