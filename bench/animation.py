@@ -26,16 +26,8 @@ import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-CHROMIUM = "/usr/bin/chromium"
-ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
+from app_speed import ARGS, CHROMIUM  # noqa: E402  (same folder; one browser setup)
+
 KINDS = ("scatter", "scattergl")
 
 SCRIPT = """

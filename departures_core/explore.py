@@ -19,10 +19,9 @@ from . import keys, metrics
 from .data import Condition
 from .errors import ConfigError, UnknownPerturbationError
 from .evaluate import de_genes, mean_shift_predictor
-from .model import condition_rows, encode
-from .runs import MAX_TRAJECTORY_VALUES  # the one memory cap the library and the app share
-from .sample import Simulation, simulate
-from .train import resolve_device
+from .model import condition_rows
+from .runs import MAX_TRAJECTORY_VALUES, simulate_from  # one memory cap, one sampler entry
+from .sample import Simulation
 
 
 def conditions_table(run) -> pd.DataFrame:
@@ -138,15 +137,14 @@ def condition_cells(
             )
             n = cap
     start = ctrl if n == len(ctrl) else rng.choice(ctrl, n, replace=n > len(ctrl))
-    sim = simulate(
-        model.net,
-        data.x[start],
-        encode(model.vocab, condition_rows([cond]) * len(start)),
+    sim = simulate_from(
+        run,
+        start,
+        condition_rows([cond]) * len(start),
         steps=steps,
-        sigma=model.config.bridge.sigma,
         seed=seed,
         trajectory=trajectory,
-        device=resolve_device(device),
+        device=device,
     )
     return ConditionCells(
         perturbation=cond.perturbation,

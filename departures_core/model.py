@@ -255,6 +255,11 @@ def save_checkpoint(path: Path, state: dict) -> None:
     atomic_write_bytes(path, lambda fh: torch.save(state, fh))
 
 
+def first_line(exc: BaseException, limit: int = 200) -> str:
+    """The first line of an exception's message (its type when empty), for one-line errors."""
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0][:limit]
+
+
 def load_checkpoint(path: Path, device: torch.device | str = "cpu") -> dict:
     """Load a checkpoint safely (``weights_only=True``: nothing is unpickled).
 
@@ -267,7 +272,7 @@ def load_checkpoint(path: Path, device: torch.device | str = "cpu") -> dict:
     try:
         state = torch.load(path, map_location=device, weights_only=True)
     except Exception as exc:
-        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        reason = first_line(exc)
         raise RunError(
             f"{path} is corrupt or not a Departures checkpoint ({reason}). "
             f"The run in {path.parent} cannot be opened or resumed: train it again, or "

@@ -312,21 +312,39 @@ def predict(
             )
         )
     start = np.concatenate(starts)
-    sim = simulate(
-        model.net,
-        data.x[start],
-        encode(model.vocab, rows),
-        steps=n_steps,
-        sigma=model.config.bridge.sigma,
-        seed=seed,
-        trajectory=trajectory,
-        device=resolve_device(device),
+    sim = simulate_from(
+        run, start, rows, steps=n_steps, seed=seed, trajectory=trajectory, device=device
     )
     return to_anndata(
         sim,
         pd.concat(obs, ignore_index=True),
         data.genes,
         {"seed": seed, "steps": len(sim.t) - 1, "unknown_parts": unknown, "run": str(run.path)},
+    )
+
+
+def simulate_from(
+    run: Run,
+    start: np.ndarray,
+    rows: list[tuple[str, str, float]],
+    *,
+    steps: int,
+    seed: int = 0,
+    trajectory: bool = False,
+    device: str = "cpu",
+) -> Simulation:
+    """Simulate the run's bridges from data rows ``start`` (control cells), one condition
+    ``(perturbation, cell_type, dose)`` per row."""
+    model = run.model
+    return simulate(
+        model.net,
+        run.data.x[start],
+        encode(model.vocab, rows),
+        steps=steps,
+        sigma=model.config.bridge.sigma,
+        seed=seed,
+        trajectory=trajectory,
+        device=resolve_device(device),
     )
 
 

@@ -19,7 +19,14 @@ from .bridges import ctmc, sde
 from .config import RunConfig
 from .data import PerturbationData
 from .errors import ConfigError, RunError
-from .model import Departures, condition_rows, encode, load_checkpoint, save_checkpoint
+from .model import (
+    Departures,
+    condition_rows,
+    encode,
+    first_line,
+    load_checkpoint,
+    save_checkpoint,
+)
 
 HISTORY_COLUMNS = ("step", "epoch", "loss_cont", "loss_disc", "loss", "seconds")
 
@@ -235,7 +242,7 @@ def load_model(run_dir: str | Path, device: torch.device | str = "cpu") -> tuple
     try:
         return Departures.from_state(state), state
     except (KeyError, TypeError, ValueError, RuntimeError, AttributeError) as exc:
-        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        reason = first_line(exc)
         raise RunError(
             f"{path} does not match the network this version of Departures builds "
             f"({type(exc).__name__}: {reason}); it was probably written by an older "
