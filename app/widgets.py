@@ -53,7 +53,7 @@ def obs_keys_editor(ds_key: str, adata: ad.AnnData, keys: io.ObsKeys | None) -> 
 def condition_picker(table, *, key: str, multi: bool = False):
     """Cell type and perturbation(s) of a trained run, held-out ones first and marked.
 
-    ``table`` is `state.conditions` (one row per observed condition). Returns
+    ``table`` is `run_state.conditions` (one row per observed condition). Returns
     ``(cell_type, perturbations)`` — a list when ``multi``, else one name. The choice is kept
     per page (``key``) and shared across pages through ``"pick:*"`` session keys.
     """

@@ -8,15 +8,15 @@ import re
 import numpy as np
 import streamlit as st
 
-from app import state, widgets
+from app import run_state, state, widgets
 from departures_core import activation, figures
 from departures_core.errors import DeparturesError
 
 st.title("Activation")
-run = state.trained_run()
+run = run_state.trained_run()
 if run is None:
     st.stop()
-table = state.conditions(*state.run_key(run))
+table = run_state.conditions(*run_state.run_key(run))
 cell_type, pert = widgets.condition_picker(table, key="activation")
 n_control = int(table.loc[table["cell_type"] == cell_type, "n_control"].iloc[0])
 c_cells, c_seed, c_thr = st.columns(3)
@@ -35,7 +35,7 @@ threshold = c_thr.slider(
 )
 try:
     with st.spinner(f"Predicting {pert}…"):
-        cells = state.condition_cells(run, pert, cell_type, n_cells=int(n_cells), seed=seed)
+        cells = run_state.condition_cells(run, pert, cell_type, n_cells=int(n_cells), seed=seed)
     act = activation.activation_table(cells, threshold=threshold)
 except DeparturesError as exc:
     state.show_error(exc)
@@ -105,7 +105,9 @@ if chosen:
         many = []
         for i, p in enumerate(chosen):
             bar.progress(i / len(chosen), text=f"Predicting {p} ({i + 1} of {len(chosen)})…")
-            many.append(state.condition_cells(run, p, cell_type, n_cells=int(n_cells), seed=seed))
+            many.append(
+                run_state.condition_cells(run, p, cell_type, n_cells=int(n_cells), seed=seed)
+            )
         observed, predicted = activation.switch_matrix(many, n_genes=int(n_genes))
     except DeparturesError as exc:
         state.show_error(exc)

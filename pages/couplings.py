@@ -3,7 +3,7 @@ random pairing — the plan as a heatmap and as lines on the UMAP; ε, batch siz
 
 import streamlit as st
 
-from app import state, widgets
+from app import run_state, state, widgets
 from departures_core import couplings, ot
 from departures_core.errors import DeparturesError
 
@@ -17,10 +17,12 @@ st.caption(
     "optimal transport (Sinkhorn) on a minibatch. Here is one minibatch: the plan, the pairs "
     "it favours, and the same minibatch paired at random (the ablation)."
 )
-run = state.trained_run()
+run = run_state.trained_run()
 if run is None:
     st.stop()
-cell_type, pert = widgets.condition_picker(state.conditions(*state.run_key(run)), key="couplings")
+cell_type, pert = widgets.condition_picker(
+    run_state.conditions(*run_state.run_key(run)), key="couplings"
+)
 used = run.config.ot
 c_eps, c_batch, c_cost, c_seed = st.columns([3, 3, 2, 1])
 eps = c_eps.select_slider(
@@ -43,7 +45,9 @@ st.caption(
     f"{used.batch_size} and {used.pairing} pairing. The seed picks the minibatch."
 )
 try:
-    mb = state.coupling(run, pert, cell_type, epsilon=eps, cost=cost, batch_size=batch, seed=seed)
+    mb = run_state.coupling(
+        run, pert, cell_type, epsilon=eps, cost=cost, batch_size=batch, seed=seed
+    )
 except DeparturesError as exc:
     state.show_error(exc)
     st.stop()
@@ -85,8 +89,8 @@ st.caption(
 
 try:
     with st.spinner("Fitting the UMAP of this condition (the first map takes up to a minute)…"):
-        cmap = state.cell_map(run, [pert], cell_type, seed=MAP_SEED)
-        xy0, xy1 = state.minibatch_coords(
+        cmap = run_state.cell_map(run, [pert], cell_type, seed=MAP_SEED)
+        xy0, xy1 = run_state.minibatch_coords(
             run, pert, cell_type, batch_size=batch, seed=seed, map_seed=MAP_SEED
         )
 except DeparturesError as exc:

@@ -8,7 +8,7 @@ import re
 import pandas as pd
 import streamlit as st
 
-from app import sidebar, state, widgets
+from app import run_state, sidebar, state, widgets
 from departures_core import explore, figures
 from departures_core.errors import DeparturesError
 
@@ -22,10 +22,10 @@ KEY_METRICS = [
 ]
 
 st.title("Perturbations")
-run = state.trained_run()
+run = run_state.trained_run()
 if run is None:
     st.stop()
-table = state.conditions(*state.run_key(run))
+table = run_state.conditions(*run_state.run_key(run))
 st.caption(
     f"Run {sidebar.code(run.path.name)} · epoch {run.epoch} · {len(run.data.genes):,} genes · "
     f"{int(table['held_out'].sum())} held-out conditions of {len(table)}"
@@ -52,15 +52,15 @@ try:
     cells = []
     for i, p in enumerate(perts):
         bar.progress(i / (len(perts) + 1), text=f"Predicting {p} ({i + 1} of {len(perts)})…")
-        cells.append(state.condition_cells(run, p, cell_type, n_cells=int(n_cells), seed=seed))
+        cells.append(run_state.condition_cells(run, p, cell_type, n_cells=int(n_cells), seed=seed))
     bar.progress(len(perts) / (len(perts) + 1), text="Fitting the UMAP and placing the cells…")
-    cmap = state.cell_map(run, perts, cell_type)  # one map seed: the same map on every view
-    groups = [(perts[0], "control", state.placed(run, cmap, cells[0], "control"))]
+    cmap = run_state.cell_map(run, perts, cell_type)  # one map seed: the same map on every view
+    groups = [(perts[0], "control", run_state.placed(run, cmap, cells[0], "control"))]
     for c in cells:
-        groups.append((c.perturbation, "observed", state.placed(run, cmap, c, "observed")))
-        groups.append((c.perturbation, "predicted", state.placed(run, cmap, c, "predicted")))
+        groups.append((c.perturbation, "observed", run_state.placed(run, cmap, c, "observed")))
+        groups.append((c.perturbation, "predicted", run_state.placed(run, cmap, c, "predicted")))
     scores = pd.concat(
-        [state.condition_scores(run, c).assign(perturbation=c.perturbation) for c in cells]
+        [run_state.condition_scores(run, c).assign(perturbation=c.perturbation) for c in cells]
     ).reset_index()
     bar.empty()
 except DeparturesError as exc:

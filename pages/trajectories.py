@@ -6,7 +6,7 @@ import re
 
 import streamlit as st
 
-from app import state, widgets
+from app import run_state, state, widgets
 from departures_core import explore, trajectories
 from departures_core.errors import DeparturesError
 
@@ -20,10 +20,10 @@ title.title("Trajectories")
 presentation = switch.toggle(
     "Presentation", key="traj-present", help="Hide the controls and enlarge the figure."
 )
-run = state.trained_run()
+run = run_state.trained_run()
 if run is None:
     st.stop()
-table = state.conditions(*state.run_key(run))
+table = run_state.conditions(*run_state.run_key(run))
 controls = st.expander("Controls", icon=":material/tune:") if presentation else st.container()
 with controls:
     cell_type, pert = widgets.condition_picker(table, key="trajectories")
@@ -46,15 +46,15 @@ with controls:
 
 try:
     with st.spinner(f"Simulating the bridges of {n_cells:,} cells…"):
-        cells = state.condition_cells(
+        cells = run_state.condition_cells(
             run, pert, cell_type, n_cells=int(n_cells), seed=int(seed), trajectory=True
         )
     with st.spinner("Fitting the UMAP (the first one takes a minute)…"):
-        cmap = state.cell_map(run, [pert], cell_type, seed=MAP_SEED)
+        cmap = run_state.cell_map(run, [pert], cell_type, seed=MAP_SEED)
     steps = trajectories.frame_steps(len(cells.simulation.t))
-    coords = state.trajectory_frames(run, cmap, cells, steps)
-    target = state.placed(run, cmap, cells, "observed")
-    start = state.placed(run, cmap, cells, "control") if show_start else None
+    coords = run_state.trajectory_frames(run, cmap, cells, steps)
+    target = run_state.placed(run, cmap, cells, "observed")
+    start = run_state.placed(run, cmap, cells, "control") if show_start else None
 except DeparturesError as exc:
     state.show_error(exc)
     st.stop()

@@ -29,10 +29,10 @@ from streamlit.testing.v1 import app_test
 from streamlit.testing.v1.util import build_mock_config_get_option
 from test_app_browser import ARGS, CHROMIUM, _require_browser, server  # noqa: F401
 
-from app import state
+from app import run_state, state
 from departures_core import io, launch
 
-# every st.cache_resource function of app/state.py whose result the views read
+# every st.cache_resource function of app/state.py and app/run_state.py the views read
 SHARED = (
     "_read", "_precomputed", "_open_run", "conditions", "_endpoint_cells", "_trajectory_cells",
     "_map", "_placed", "_scores", "_coupling", "_minibatch_coords", "_trajectory_frame",
@@ -134,7 +134,8 @@ def shared_objects(monkeypatch):
         return wrapper
 
     for name in SHARED:
-        monkeypatch.setattr(state, name, spy(name, getattr(state, name)))
+        module = state if hasattr(state, name) else run_state
+        monkeypatch.setattr(module, name, spy(name, getattr(module, name)))
     return seen
 
 

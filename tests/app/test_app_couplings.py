@@ -5,7 +5,7 @@ import json
 import numpy as np
 from app_helpers import goto, plotly_specs, texts, values, with_run
 
-from app import state
+from app import run_state
 from departures_core import couplings
 from departures_core.errors import ConfigError
 
@@ -82,7 +82,7 @@ def test_page_reports_a_failed_coupling_as_an_error(app, trained, runs_dir, monk
         raise ConfigError("ε = 0.001 is too small for these cells: Sinkhorn underflowed.")
 
     monkeypatch.setattr(couplings, "condition_coupling", fail)
-    state._coupling.clear()  # a coupling cached by another test would hide the failure
+    run_state._coupling.clear()  # a coupling cached by another test would hide the failure
     at = goto(with_run(app, trained[0], runs_dir), "couplings")
     assert not at.exception
     assert "Sinkhorn underflowed" in texts(at.error)

@@ -1,0 +1,238 @@
+"""Cached results of a trained run, shared by the exploration views: the opened run, its
+conditions, simulated cells, UMAP maps and placements, scores, OT couplings and trajectory
+frames.
+
+Everything is cached per run folder and its checkpoint's stamp (size + mtime), so training
+more epochs invalidates it, and shared by every browser session: read, never modify.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import streamlit as st
+
+from app import state
+from departures_core import registry
+from departures_core.errors import DeparturesError
+
+
+# ------------------------------------------------------------------ exploration of a trained run
+# Everything below is cached per run folder and its checkpoint's stamp (size + mtime), so
+# training more epochs invalidates it, and shared by every session: read, never modify.
+def _stamp(run_dir: Path) -> str:
+    st_ = (run_dir / "model.pt").stat()
+    return f"{st_.st_size}-{st_.st_mtime_ns}"
+
+
+@st.cache_resource(show_spinner="Loading the trained model…", max_entries=4)
+def _open_run(path: str, stamp: str):
+    from departures_core import runs
+
+    return runs.open_run(path)
+
+
+def trained_run():
+    """The selected run, opened (`runs.Run`), or None after telling the user what to do.
+
+    Pages call ``st.stop()`` on None. A corrupt or old run folder is reported, not fatal.
+    """
+    run_dir = state.current_run()
+    if run_dir is None:
+        st.info(
+            "Pick a trained run in the sidebar, or train one on the Train page.",
+            icon=":material/info:",
+        )
+        st.page_link(
+            str(state.PAGES_DIR / "train.py"), label="Go to Train", icon=":material/model_training:"
+        )
+        return None
+    if not registry.is_run(run_dir):
+        status = registry.status(run_dir)
+        st.info(
+            f"Run `{run_dir.name}` has no saved model yet ({status.state}); its first "
+            "checkpoint is written after the first epoch.",
+            icon=":material/hourglass_top:",
+        )
+        return None
+    try:
+        return _open_run(str(run_dir), _stamp(run_dir))
+    except DeparturesError as exc:
+        state.show_error(exc)
+        return None
+
+
+def run_key(run) -> tuple[str, str]:
+    """What identifies a run's model in the caches below."""
+    return str(run.path), _stamp(Path(run.path))
+
+
+@st.cache_resource(show_spinner=False, max_entries=4)
+def conditions(path: str, stamp: str) -> pd.DataFrame:
+    from departures_core import explore
+
+    return explore.conditions_table(_open_run(path, stamp))
+
+
+def _simulate(path, stamp, perturbation, cell_type, n_cells, seed, steps, trajectory):
+    from departures_core import explore
+
+    return explore.condition_cells(
+        _open_run(path, stamp),
+        perturbation,
+        cell_type,
+        n_cells=n_cells,
+        seed=seed,
+        steps=steps,
+        trajectory=trajectory,
+        device="auto",
+    )
+
+
+# endpoints are small (cells x genes); trajectories are (steps + 1) times larger (up to
+# explore.MAX_TRAJECTORY_VALUES floats, ~0.8 GB): keep only a few of those
+@st.cache_resource(show_spinner=False, max_entries=32)
+def _endpoint_cells(*request):
+    return _simulate(*request)
+
+
+@st.cache_resource(show_spinner=False, max_entries=3)
+def _trajectory_cells(*request):
+    return _simulate(*request)
+
+
+def _cells(path, stamp, perturbation, cell_type, n_cells, seed, steps, trajectory):
+    cache = _trajectory_cells if trajectory else _endpoint_cells
+    return cache(path, stamp, perturbation, cell_type, n_cells, seed, steps, trajectory)
+
+
+def condition_cells(
+    run, perturbation: str, cell_type: str, *, n_cells=None, seed=0, steps=None, trajectory=False
+):
+    """Control, observed and predicted cells of one condition (`explore.ConditionCells`)."""
+    return _cells(*run_key(run), perturbation, cell_type, n_cells, seed, steps, trajectory)
+
+
+@st.cache_resource(show_spinner=False, max_entries=16)
+def _map(path, stamp, perturbations, cell_type, seed):
+    from departures_core import explore
+
+    return explore.cell_map(_open_run(path, stamp), list(perturbations), cell_type, seed=seed)
+
+
+def cell_map(run, perturbations, cell_type: str, *, seed: int = 0):
+    """The UMAP fitted on the control cells of ``cell_type`` and the observed cells of
+    ``perturbations`` (`explore.CellMap`)."""
+    return _map(*run_key(run), tuple(sorted(perturbations)), cell_type, seed)
+
+
+@st.cache_resource(show_spinner=False, max_entries=64)
+def _placed(path, stamp, perturbations, cell_type, seed, cells_key, what):
+    """Coordinates of one cell set of a condition on a map (cached: ``transform`` is slow)."""
+    cmap = _map(path, stamp, perturbations, cell_type, seed)
+    cells = _cells(path, stamp, *cells_key)
+    data = _open_run(path, stamp).data
+    cond = data.find(cells.perturbation, cells.cell_type)
+    if what == "control":
+        return cmap.coords_of(cells.control_rows, data.x[cells.control_rows])
+    if what == "observed":
+        return cmap.coords_of(cond.perturbed, cells.observed)
+    if what == "predicted":
+        return cmap.place(cells.predicted)
+    raise ValueError(what)
+
+
+def placed(run, cmap, cells, what: str):
+    """``what`` ("control" — the start cells —, "observed" or "predicted") of ``cells`` on
+    ``cmap``, as an (n, 2) array."""
+    key = run_key(run)
+    return _placed(*key, cmap.perturbations, cmap.cell_type, cmap.seed, cells.request, what)
+
+
+@st.cache_resource(show_spinner=False, max_entries=64)
+def _scores(path, stamp, request, saved_mtime):
+    from departures_core import explore
+
+    run = _open_run(path, stamp)
+    saved = Path(path) / "eval" / "metrics.csv"
+    return explore.condition_scores(
+        run, _cells(path, stamp, *request), pd.read_csv(saved) if saved_mtime else None
+    )
+
+
+def condition_scores(run, cells) -> pd.DataFrame:
+    """Metrics of ``cells``' condition: Departures (these samples), control, mean_shift, and
+    the ablations when the run was evaluated with them (wide: methods x metrics)."""
+    saved = Path(run.path) / "eval" / "metrics.csv"
+    mtime = saved.stat().st_mtime_ns if saved.is_file() else 0
+    return _scores(*run_key(run), cells.request, mtime)
+
+
+# ------------------------------------------------------------------ OT couplings
+@st.cache_resource(show_spinner=False, max_entries=64)
+def _coupling(path, stamp, perturbation, cell_type, epsilon, cost, batch_size, seed):
+    from departures_core import couplings
+
+    return couplings.condition_coupling(
+        _open_run(path, stamp),
+        perturbation,
+        cell_type,
+        epsilon=epsilon,
+        cost=cost,
+        batch_size=batch_size,
+        seed=seed,
+    )
+
+
+def coupling(run, perturbation: str, cell_type: str, *, epsilon, cost, batch_size, seed):
+    """A seeded minibatch of one condition coupled by Sinkhorn and by random pairing
+    (`couplings.MinibatchCoupling`)."""
+    return _coupling(*run_key(run), perturbation, cell_type, epsilon, cost, batch_size, seed)
+
+
+@st.cache_resource(show_spinner=False, max_entries=64)
+def _minibatch_coords(path, stamp, perturbation, cell_type, batch_size, seed, map_seed):
+    from departures_core import couplings, explore
+
+    run = _open_run(path, stamp)
+    cond = explore.find_condition(run, perturbation, cell_type)
+    cmap = _map(path, stamp, (perturbation,), cell_type, map_seed)
+    rows = couplings.minibatch_rows(cond.control, cond.perturbed, batch_size=batch_size, seed=seed)
+    return tuple(cmap.coords_of(r, run.data.x[r]) for r in rows)
+
+
+def minibatch_coords(run, perturbation: str, cell_type: str, *, batch_size, seed, map_seed=0):
+    """Map positions ``(control, perturbed)`` of the minibatch `coupling` draws with the same
+    ``batch_size`` and ``seed``, on `cell_map` ``(run, [perturbation], cell_type, seed=map_seed)``.
+    """
+    key = (*run_key(run), perturbation, cell_type, batch_size, seed, map_seed)
+    return _minibatch_coords(*key)
+
+
+# ------------------------------------------------------------------ trajectories
+@st.cache_resource(show_spinner=False, max_entries=26 * 12)
+def _trajectory_frame(path, stamp, perturbations, cell_type, map_seed, cells_key, step):
+    """Map positions of a trajectory's cells at time point ``step`` (one frame, cached)."""
+    from departures_core import trajectories
+
+    cmap = _map(path, stamp, perturbations, cell_type, map_seed)
+    cells = _cells(path, stamp, *cells_key)
+    return trajectories.place_frames(cells.simulation, cmap.place, [step])[0]
+
+
+def trajectory_frames(run, cmap, cells, steps):
+    """Positions of ``cells``' trajectories (simulated with ``trajectory=True``) at time
+    points ``steps`` on ``cmap``: shape (len(steps), n_cells, 2). Frames are placed (and
+    cached) one by one under a progress bar — ``transform`` takes seconds per thousand cells.
+    """
+    import numpy as np
+
+    key = (*run_key(run), cmap.perturbations, cmap.cell_type, cmap.seed, cells.request)
+    bar = st.progress(0.0, text="Placing the trajectories on the map…")
+    out = []
+    for i, step in enumerate(steps):
+        out.append(_trajectory_frame(*key, int(step)))
+        bar.progress((i + 1) / len(steps), text=f"Placed time point {i + 1} of {len(steps)}")
+    bar.empty()
+    return np.stack(out)
