@@ -9,7 +9,7 @@ import numpy as np
 import streamlit as st
 
 from app import run_state, state, widgets
-from departures_core import activation, figures
+from departures_core import activation, explore_figures
 from departures_core.errors import DeparturesError
 
 st.title("Activation")
@@ -68,7 +68,7 @@ m4.metric(
     delta_color="off",
 )
 held = " (held out: never trained on)" if cells.held_out else ""
-scatter = figures.activation_scatter(
+scatter = explore_figures.activation_scatter(
     act, threshold=threshold, title=f"{pert} in {cell_type}{held}: active cells per gene"
 )
 st.plotly_chart(scatter, width="stretch")
@@ -114,7 +114,7 @@ if chosen:
         st.stop()
     finally:
         bar.empty()
-    heat = figures.switch_heatmaps(observed, predicted)
+    heat = explore_figures.switch_heatmaps(observed, predicted)
     st.plotly_chart(heat, width="stretch")
 else:
     heat = None

@@ -9,7 +9,7 @@ import pandas as pd
 import streamlit as st
 
 from app import run_state, sidebar, state, widgets
-from departures_core import explore, figures
+from departures_core import explore, explore_figures
 from departures_core.errors import DeparturesError
 
 KEY_METRICS = [
@@ -68,7 +68,7 @@ except DeparturesError as exc:
     st.stop()
 
 what = ", ".join(perts) if len(perts) <= 3 else f"{len(perts)} perturbations"
-umap = figures.prediction_map(groups, title=f"{what} in {cell_type}: predicted vs observed")
+umap = explore_figures.prediction_map(groups, title=f"{what} in {cell_type}: predicted vs observed")
 st.plotly_chart(umap, width="stretch")
 st.caption(
     "UMAP fitted on the control cells and the observed perturbed cells; predicted cells are "
@@ -93,7 +93,7 @@ st.caption(
     "`python -m departures_core evaluate RUN --ablations`."
 )
 metric = st.selectbox("Compare", metric_cols, index=0, key="pert-metric")
-bars = figures.method_bars(scores, metric)
+bars = explore_figures.method_bars(scores, metric)
 st.plotly_chart(bars, width="stretch")
 
 focus = perts[0]
@@ -103,13 +103,13 @@ fc = cells[perts.index(focus)]
 left, right = st.columns(2)
 with left:
     changes = explore.top_changes(fc, 20)
-    de = figures.de_changes(changes, title=f"{focus}: top 20 changed genes")
+    de = explore_figures.de_changes(changes, title=f"{focus}: top 20 changed genes")
     st.plotly_chart(de, width="stretch")
 with right:
     ordered = changes["gene"].tolist() + [g for g in fc.genes if g not in set(changes["gene"])]
     gene = st.selectbox("Gene", ordered, key=f"pert-gene-{focus}", help="Most changed genes first.")
     j = fc.gene_index(gene)
-    violin = figures.gene_distribution(
+    violin = explore_figures.gene_distribution(
         {
             "control": fc.control[:, j],
             "observed": fc.observed[:, j],

@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from departures_core import activation, explore, figures, keys
+from departures_core import activation, explore, explore_figures, keys
 from departures_core.errors import ConfigError, UnknownPerturbationError
 
 
@@ -198,7 +198,7 @@ def test_prediction_map_draws_each_cell_set_once():
         ("B", "observed", rng.normal(size=(3, 2))),
         ("B", "predicted", rng.normal(size=(2, 2))),
     ]
-    fig = figures.prediction_map(groups, title="t")
+    fig = explore_figures.prediction_map(groups, title="t")
     names = [t.name for t in fig.data]
     assert names[0] == "control (4)"  # underneath
     assert set(names[1:]) == {
@@ -224,21 +224,23 @@ def test_score_and_gene_figures(cells):
             "pearson_delta": [0.9, np.nan, 0.7],
         }
     )
-    bars = figures.method_bars(scores, "e_distance")
+    bars = explore_figures.method_bars(scores, "e_distance")
     assert [t.name for t in bars.data] == ["departures", "control", "mean_shift"]
     assert "lower is better" in bars.layout.title.text
-    assert "higher is better" in figures.method_bars(scores, "pearson_delta").layout.title.text
+    assert (
+        "higher is better" in explore_figures.method_bars(scores, "pearson_delta").layout.title.text
+    )
     with pytest.raises(KeyError):
-        figures.method_bars(scores, "nope")
+        explore_figures.method_bars(scores, "nope")
 
     top = explore.top_changes(cells, 10)
-    de = figures.de_changes(top, title="DE")
+    de = explore_figures.de_changes(top, title="DE")
     assert [t.name for t in de.data] == ["observed", "predicted (Departures)"]
     assert list(de.data[0].y) == top["gene"].tolist()[::-1]  # largest change on top
     assert np.isfinite(np.asarray(de.data[1].x, float)).all()
 
     j = cells.gene_index(top["gene"].iloc[0])
-    violin = figures.gene_distribution(
+    violin = explore_figures.gene_distribution(
         {
             "control": cells.control[:, j],
             "observed": cells.observed[:, j],
@@ -254,15 +256,15 @@ def test_score_and_gene_figures(cells):
 
 def test_activation_figures():
     table = activation.activation_table(_toy(), threshold=0.3)
-    fig = figures.activation_scatter(table, threshold=0.3, title="act")
+    fig = explore_figures.activation_scatter(table, threshold=0.3, title="act")
     spec = _spec(fig)
     legend = [t["name"] for t in spec["data"] if t.get("showlegend") is not False and "name" in t]
     assert legend == ["no switch (2)", "switched off (1)", "switched on (1)"]
     assert fig.layout.xaxis.title.text == "observed" and fig.layout.yaxis.title.text == "predicted"
     observed, predicted = activation.switch_matrix([_toy()], n_genes=3)
-    heat = figures.switch_heatmaps(observed, predicted)
+    heat = explore_figures.switch_heatmaps(observed, predicted)
     assert [t.type for t in heat.data] == ["heatmap", "heatmap"]
     assert heat.data[0].zmax == -heat.data[0].zmin == 1.0
     assert np.array_equal(np.asarray(heat.data[1].z), predicted.to_numpy())
     with pytest.raises(ValueError, match="same rows"):
-        figures.switch_heatmaps(observed, predicted.iloc[:, :2])
+        explore_figures.switch_heatmaps(observed, predicted.iloc[:, :2])
