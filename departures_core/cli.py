@@ -39,7 +39,12 @@ def _parser() -> argparse.ArgumentParser:
         help="comma-separated cell types whose perturbed cells are held out",
     )
     d, tr, o = DataConfig(), TrainConfig(), OTConfig()
-    t.add_argument("--epochs", type=int, default=tr.epochs)
+    t.add_argument(
+        "--epochs",
+        type=int,
+        default=tr.epochs,
+        help=f"passes over all pairs (default: as many as {tr.steps:,} optimiser steps take)",
+    )
     t.add_argument("--batch-size", type=int, default=tr.batch_size)
     t.add_argument("--lr", type=float, default=tr.lr)
     t.add_argument("--n-genes", type=int, default=d.n_genes)
@@ -155,8 +160,9 @@ def _predict(args) -> None:
 
 
 def _evaluate(args) -> None:
-    from . import runs
-    from .evaluate import evaluate_run
+    from . import calibration, runs
+    from .evaluate import calibrate_run, evaluate_run
+    from .model import atomic_write_text
     from .train import resolve_device
 
     run = runs.open_run(args.run_dir)
@@ -172,7 +178,18 @@ def _evaluate(args) -> None:
     print(ev.table().to_string(float_format=lambda v: f"{v:.4f}"))
     for s in ev.skipped:
         print(f"skipped {s['perturbation']} / {s['cell_type']}: {s['reason']}", file=sys.stderr)
-    print(f"wrote {out / 'metrics.csv'} and {out / 'summary.json'}", file=sys.stderr)
+    table = calibrate_run(
+        run, seed=args.seed, steps=args.steps, device=str(resolve_device(args.device))
+    )
+    atomic_write_text(out / "calibration.csv", table.to_csv(index=False))
+    print(
+        "\ncalibration (medians; train_null: training conditions the perturbation does not change)"
+    )
+    print(calibration.summarize(table).to_string(float_format=lambda v: f"{v:.4f}"))
+    print(
+        f"wrote {out / 'metrics.csv'}, {out / 'summary.json'} and {out / 'calibration.csv'}",
+        file=sys.stderr,
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -13,10 +13,16 @@ import pandas as pd
 
 from . import metrics
 from .data import Condition, PerturbationData
-from .model import atomic_write_text, condition_rows, encode
-from .sample import simulate
+from .model import atomic_write_text, condition_rows
 
-METHODS = ("departures", "control", "mean_shift", "random_pairing", "no_discrete")
+METHODS = (
+    "departures",
+    "control",
+    "mean_shift",
+    "pooled_perturbed",
+    "random_pairing",
+    "no_discrete",
+)
 MIN_CELLS = 10
 
 Predictor = Callable[[Condition], np.ndarray]
@@ -80,22 +86,45 @@ def mean_shift_predictor(data: PerturbationData) -> Predictor:
     return predict
 
 
-def model_predictor(
-    run, *, seed: int = 0, steps: int | None = None, device: str = "cpu"
-) -> Predictor:
-    """One predicted cell per control cell of the condition."""
-    model = run.model
+def pooled_perturbed_predictor(data: PerturbationData, max_cells: int = 2000) -> Predictor:
+    """All perturbed cells of the training conditions of the same cell type, pooled (all
+    training conditions when that cell type has none); at most ``max_cells`` of them, drawn
+    once with a fixed seed. It is what "a perturbed cell of this cell type" looks like."""
+    rng = np.random.default_rng(0)
+    train = data.train_conditions()
+    everyone = np.concatenate([c.perturbed for c in train])
 
     def predict(cond: Condition) -> np.ndarray:
-        rows = condition_rows([cond]) * len(cond.control)
-        return simulate(
-            model.net,
-            run.data.x[cond.control],
-            encode(model.vocab, rows),
-            steps=model.config.bridge.steps if steps is None else steps,
-            sigma=model.config.bridge.sigma,
+        same_ct = [c.perturbed for c in train if c.cell_type == cond.cell_type]
+        pool = np.concatenate(same_ct) if same_ct else everyone
+        if len(pool) > max_cells:
+            pool = np.sort(rng.choice(pool, max_cells, replace=False))
+        return data.x[pool]
+
+    return predict
+
+
+def model_predictor(
+    run,
+    *,
+    seed: int = 0,
+    steps: int | None = None,
+    device: str = "cpu",
+    responders: bool = True,
+) -> Predictor:
+    """One predicted cell per control cell of the condition (``responders=False``: the
+    bridges alone, without the run's non-responders)."""
+    from .runs import simulate_from
+
+    def predict(cond: Condition) -> np.ndarray:
+        return simulate_from(
+            run,
+            cond.control,
+            condition_rows([cond]) * len(cond.control),
+            steps=run.model.config.bridge.steps if steps is None else steps,
             seed=seed,
             device=device,
+            responders=responders,
         ).prediction
 
     return predict
@@ -214,8 +243,25 @@ def evaluate_run(
         "departures": model_predictor(run, seed=seed, steps=steps, device=device),
         "control": lambda cond: run.data.x[cond.control],
         "mean_shift": mean_shift_predictor(run.data),
+        "pooled_perturbed": pooled_perturbed_predictor(run.data),
     }
     if ablations:
         for name, ablated in train_ablations(run, progress_bar=progress).items():
             predictors[name] = model_predictor(ablated, seed=seed, steps=steps, device=device)
     return evaluate(run.data, predictors, progress=progress)
+
+
+def calibrate_run(
+    run, *, seed: int = 0, steps: int | None = None, device: str = "cpu", progress: bool = True
+) -> pd.DataFrame:
+    """The calibration table (`calibration.calibrate`) of the run's training and held-out
+    conditions, with the bridges alone (no non-responders) as ``e_distance_bridges``."""
+    from . import calibration
+
+    return calibration.calibrate(
+        run.data,
+        model_predictor(run, seed=seed, steps=steps, device=device),
+        bridges=model_predictor(run, seed=seed, steps=steps, device=device, responders=False),
+        seed=seed,
+        progress=progress,
+    )

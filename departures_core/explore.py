@@ -344,3 +344,27 @@ def warm_up() -> None:
     20-60 s, once per process) before a user asks for a map. Run it in a background thread."""
     x = np.random.default_rng(0).normal(size=(64, 8)).astype(np.float32)
     Reducer().fit(x).transform(x[:4])
+
+
+def responder_note(run, cells: ConditionCells) -> str | None:
+    """One sentence on the share of this condition's cells predicted not to respond, and where
+    that share comes from; None when every cell responds (no ``responders.json``)."""
+    from .calibration import unaffected_for
+
+    fractions = getattr(run, "unaffected", None)
+    if not fractions:
+        return None
+    w = unaffected_for(fractions, cells.perturbation, cells.cell_type, cells.dose)
+    key = f"{cells.perturbation}|{cells.cell_type}|{cells.dose:g}"
+    if key in fractions["condition"]:
+        source = "fitted on this training condition's observed cells"
+    elif cells.cell_type in fractions["cell_type"]:
+        source = f"the median of the training perturbations in {cells.cell_type}"
+    else:
+        source = "the median of all training conditions"
+    shown = cells.simulation.unchanged
+    drawn = f" ({int(shown.sum()):,} of {len(shown):,} shown)" if shown is not None else ""
+    return (
+        f"{cells.perturbation}: {w:.0%} of cells predicted not to respond{drawn} — {source}; "
+        "they stay their control cell."
+    )

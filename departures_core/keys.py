@@ -48,5 +48,6 @@ MODEL_FILE = "model.pt"
 SPLIT_FILE = "split.json"
 HISTORY_FILE = "history.csv"
 DATA_FILE = "data.h5ad"
+RESPONDERS_FILE = "responders.json"  # fraction of unaffected cells per condition
 PROGRESS_FILE = "progress.json"  # live step/total/losses, rewritten about once a second
 STOP_FILE = "STOP"  # created by the app (or a user) to stop training after the current step

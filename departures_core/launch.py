@@ -118,7 +118,7 @@ def make_config(
     holdout=(),
     drop_rare: bool = False,
     n_genes: int = DataConfig.n_genes,
-    epochs: int = TrainConfig.epochs,
+    epochs: int | None = TrainConfig.epochs,
     batch_size: int = TrainConfig.batch_size,
     lr: float = TrainConfig.lr,
     device: str = TrainConfig.device,
@@ -147,7 +147,10 @@ def make_config(
         ot=OTConfig(epsilon=float(epsilon), cost=cost, pairing=pairing),
         bridge=BridgeConfig(discrete=bool(discrete)),
         train=TrainConfig(
-            epochs=int(epochs), batch_size=int(batch_size), lr=float(lr), device=device
+            epochs=int(epochs) if epochs else None,
+            batch_size=int(batch_size),
+            lr=float(lr),
+            device=device,
         ),
         seed=int(seed),
     )
@@ -172,8 +175,8 @@ def train_args(config: RunConfig) -> list[str]:
         args.append(f"--holdout-cell-type={','.join(d.holdout_cell_types)}")
     args += [f"--n-genes={d.n_genes}", f"--min-cells={d.min_cells}"]
     args += ["--drop-rare"] if d.drop_rare else []
+    args += [f"--epochs={t.epochs}"] if t.epochs is not None else []
     args += [
-        f"--epochs={t.epochs}",
         f"--batch-size={t.batch_size}",
         f"--lr={t.lr}",
         f"--device={t.device}",
@@ -265,9 +268,10 @@ def resume(run_dir: str | Path, *, epochs: int | None = None) -> int:
     if not is_run(run_dir):
         raise RunError(f"Run '{run_dir.name}' has no checkpoint to resume from; start it again.")
     t = _saved_config(run_dir).train
+    more = epochs or t.epochs
     argv = [
         "--resume",
-        f"--epochs={epochs or t.epochs}",
+        *([f"--epochs={more}"] if more else []),
         f"--batch-size={t.batch_size}",
         f"--lr={t.lr}",
         f"--device={t.device}",

@@ -132,9 +132,17 @@ class Trunk(nn.Module):
 class DeparturesNet(nn.Module):
     """Both bridges over a shared conditioning encoder.
 
-    ``x1_hat(x_t, x0, t, c) = (1 - t) x0 + t x_t + f(x_t, x0, t, c)`` (endpoint as a
-    residual on the control cell, blended towards the current state as t -> 1) and
-    ``logits(d_t, x_t, x0, t, c)`` of ``p(d1 = 1)``.
+    ``logits(d_t, x0, t, c)`` of ``p(d1 = 1)`` (the on/off bridge) and
+    ``x1_hat(x_t, x0, d1, t, c) = (1 - t) x0 + t x_t + f(x_t, x0, d1, t, c)`` (the endpoint of
+    the expression bridge as a residual on the control cell, blended towards the current
+    state as t -> 1), the value of each gene given the endpoint's on/off state ``d1``.
+
+    Conditioning the expression bridge on ``d1`` makes sampling the same process as
+    training: the on/off bridge is simulated first, then the expression bridge runs towards
+    ``x1_hat * d1`` - in training, ``x_t`` is the Brownian bridge to ``x1``, which is 0
+    exactly where ``d1`` is 0. Without it the sampler had to aim inactive genes at 0 only from
+    the moment they switched, feeding the network states it never saw in training (measured:
+    totals 5-9 % too high and variance 1.2-1.4x the observed, on training conditions).
     """
 
     def __init__(
@@ -153,17 +161,22 @@ class DeparturesNet(nn.Module):
         self.time = nn.Sequential(
             nn.Linear(cond_dim, cond_dim), nn.SiLU(), nn.Linear(cond_dim, cond_dim)
         )
-        self.cont = Trunk(2 * n_genes, n_genes, hidden, cond_dim, n_layers)
-        self.disc = Trunk(3 * n_genes, n_genes, hidden, cond_dim, n_layers) if discrete else None
+        self.cont = Trunk((3 if discrete else 2) * n_genes, n_genes, hidden, cond_dim, n_layers)
+        self.disc = Trunk(2 * n_genes, n_genes, hidden, cond_dim, n_layers) if discrete else None
 
     def embed(self, cond_emb: Tensor, t: Tensor) -> Tensor:
         return cond_emb + self.time(sinusoidal(t, self.cond_dim))
 
-    def endpoint(self, x_t: Tensor, x0: Tensor, t: Tensor, emb: Tensor) -> Tensor:
+    def endpoint(
+        self, x_t: Tensor, x0: Tensor, t: Tensor, emb: Tensor, d1: Tensor | None = None
+    ) -> Tensor:
+        """The expression endpoint; ``d1`` (the endpoint's on/off state) is required with the
+        on/off bridge and ignored without it."""
         # Skip blends the control cell (exact at t=0) and the current state (exact at t=1),
         # so the network learns only the correction, never an identity map.
         skip = (1.0 - t) * x0 + t * x_t
-        return skip + self.cont(torch.cat([x_t, x0], dim=-1), emb)
+        inputs = [x_t, x0] if self.disc is None else [x_t, x0, d1]
+        return skip + self.cont(torch.cat(inputs, dim=-1), emb)
 
-    def activation_logits(self, d_t: Tensor, x_t: Tensor, x0: Tensor, emb: Tensor) -> Tensor:
-        return self.disc(torch.cat([d_t, x_t, x0], dim=-1), emb)
+    def activation_logits(self, d_t: Tensor, x0: Tensor, emb: Tensor) -> Tensor:
+        return self.disc(torch.cat([d_t, x0], dim=-1), emb)

@@ -20,7 +20,7 @@ from .data import PerturbationData, Split, populations
 from .errors import ConfigError, DeparturesError, RunError, UnknownPerturbationError
 from .model import Departures, atomic_write_text, encode, remove_partial_writes
 from .sample import Simulation, simulate
-from .train import fit, load_model, resolve_device
+from .train import fit, load_model, resolve_device, validation_split
 
 # cells x genes x (steps + 1) values a trajectory may hold (float32: ~0.8 GB, plus copies);
 # larger requests are refused (`predict`) or get fewer cells with a notice (the app)
@@ -30,6 +30,7 @@ RUN_FILES = (
     keys.MODEL_FILE,
     keys.HISTORY_FILE,
     keys.PROGRESS_FILE,
+    keys.RESPONDERS_FILE,
     keys.CONFIG_FILE,
     keys.SPLIT_FILE,
     keys.DATA_FILE,
@@ -102,10 +103,12 @@ def _fit_reporting(model, data, run_dir, device, state, callback, should_stop, p
     """`fit`, reporting to ``progress.json``: steps, then finished, stopped or the failure."""
     reporter = ProgressFile(run_dir / keys.PROGRESS_FILE, device, callback)
     stop = should_stop or (lambda: (run_dir / keys.STOP_FILE).exists())
+    config = model.config
+    fit_data, validation = validation_split(data, config.train.validation, config.seed)
     try:
         history = fit(
             model,
-            data,
+            fit_data,
             run_dir=run_dir,
             device=device,
             resume_state=state,
@@ -113,11 +116,47 @@ def _fit_reporting(model, data, run_dir, device, state, callback, should_stop, p
             progress_bar=progress_bar,
             should_stop=stop,
         )
+        write_responders(model, data, validation, run_dir, device)
     except BaseException as exc:  # the app reads the failure from progress.json
         reporter.fail(exc)
         raise
     reporter.finish(history, stopped=stop())
     return history
+
+
+def write_responders(
+    model: Departures, data: PerturbationData, validation: dict, run_dir: Path, device
+) -> dict:
+    """Fit the unaffected fraction of each training condition (`calibration.fit_unaffected`)
+    on its validation cells (kept out of training), save it as ``responders.json``."""
+    from . import calibration
+
+    def bridges(cond, rows):
+        return simulate(
+            model.net,
+            data.x[rows],
+            encode(model.vocab, [(cond.perturbation, cond.cell_type, cond.dose)] * len(rows)),
+            steps=model.config.bridge.steps,
+            sigma=model.config.bridge.sigma,
+            seed=model.config.seed,
+            device=device,
+        ).prediction
+
+    fractions = calibration.fit_unaffected(
+        data, bridges, observed=validation, seed=model.config.seed
+    )
+    atomic_write_text(run_dir / keys.RESPONDERS_FILE, json.dumps(fractions, indent=1))
+    return fractions
+
+
+def read_responders(run_dir: Path) -> dict | None:
+    """The run's unaffected fractions; None (every cell responds) when absent or unreadable."""
+    path = Path(run_dir) / keys.RESPONDERS_FILE
+    try:
+        fractions = json.loads(path.read_text())
+        return fractions if {"condition", "cell_type", "overall"} <= set(fractions) else None
+    except (OSError, ValueError, TypeError):
+        return None
 
 
 @contextmanager
@@ -239,6 +278,7 @@ class Run:
     model: Departures
     data: PerturbationData
     epoch: int
+    unaffected: dict | None = None  # `calibration.fit_unaffected`; None: all cells respond
 
     @property
     def config(self) -> RunConfig:
@@ -256,7 +296,7 @@ def open_run(run_dir: str | Path) -> Run:
     data = open_data(run_dir, model.config, model.split)
     if list(data.genes) != list(model.vocab.genes):
         raise RunError(f"{run_dir}: the saved data's genes differ from the model's genes.")
-    return Run(run_dir, model, data, int(state["epoch"]))
+    return Run(run_dir, model, data, int(state["epoch"]), read_responders(run_dir))
 
 
 def predict(
@@ -332,10 +372,18 @@ def simulate_from(
     seed: int = 0,
     trajectory: bool = False,
     device: str = "cpu",
+    responders: bool = True,
 ) -> Simulation:
     """Simulate the run's bridges from data rows ``start`` (control cells), one condition
-    ``(perturbation, cell_type, dose)`` per row."""
+    ``(perturbation, cell_type, dose)`` per row. Cells drawn as non-responders (the run's
+    unaffected fraction of the condition) stay their control cell; ``responders=False``
+    simulates every cell with the bridges."""
+    from .calibration import unaffected_for
+
     model = run.model
+    unaffected = None
+    if responders and run.unaffected:
+        unaffected = np.array([unaffected_for(run.unaffected, *row) for row in rows])
     return simulate(
         model.net,
         run.data.x[start],
@@ -345,6 +393,7 @@ def simulate_from(
         seed=seed,
         trajectory=trajectory,
         device=resolve_device(device),
+        unaffected=unaffected,
     )
 
 

@@ -35,6 +35,7 @@ class Simulation:
     t: np.ndarray
     x_path: np.ndarray | None = None
     d_path: np.ndarray | None = None
+    unchanged: np.ndarray | None = None  # (n,) bool: cells predicted not to respond
 
 
 @torch.no_grad()
@@ -48,34 +49,38 @@ def _simulate_chunk(
     generator: torch.Generator,
     trajectory: bool,
 ):
+    """The on/off bridge first (it needs only the control cell), then the expression bridge
+    given its endpoint ``d1``, as in training (see `DeparturesNet`)."""
     h = 1.0 / steps
     cond_emb = net.encoder(cond)
-    x = x0.clone()
+    times = [torch.full((len(x0), 1), k * h, device=x0.device) for k in range(steps)]
+    embs = [net.embed(cond_emb, tt) for tt in times]
     d = (x0 > 0).to(x0.dtype)
-    switched = torch.zeros(d.shape, dtype=torch.bool, device=d.device)
-    xs, ds = [x.cpu()], [d.cpu()]
-    discrete = net.disc is not None
+    ds = [d.cpu()]
+    if net.disc is not None:
+        switched = torch.zeros(d.shape, dtype=torch.bool, device=d.device)
+        for k in range(steps):
+            p1 = torch.sigmoid(net.activation_logits(d, x0, embs[k]))
+            d, switched = ctmc.step(d, switched, p1, k * h, h, generator)  # all switched at 1
+            if trajectory:
+                ds.append(d.cpu())
+    d1 = d if net.disc is not None else None
+    x = x0.clone()
+    xs = [x.cpu()]
     for k in range(steps):
-        t = k * h
-        tt = torch.full((len(x), 1), t, device=x.device)
-        emb = net.embed(cond_emb, tt)
-        x1_hat = net.endpoint(x, x0, tt, emb)
-        p1 = torch.sigmoid(net.activation_logits(d, x, x0, emb)) if discrete else None
-        if discrete:
-            d, switched = ctmc.step(d, switched, p1, t, h, generator)  # all switched at the end
+        x1_hat = net.endpoint(x, x0, times[k], embs[k], d1)
         if k == steps - 1:
             x = x1_hat
         else:
-            # x1_hat estimates x1 given the gene is active (its loss is masked to active
-            # genes); genes currently off are carried towards 0, as the bridge to an inactive
-            # endpoint is in training. Measured: this beats x1_hat * p1 and raw x1_hat.
-            target = x1_hat * d if discrete else x1_hat
+            # inactive endpoint genes are carried to 0, exactly as the training bridge to x1
+            target = x1_hat * d1 if d1 is not None else x1_hat
             noise = torch.randn(x.shape, generator=generator, device=x.device)
-            x = sde.euler_maruyama_step(x, target, t, h, sigma, noise)
+            x = sde.euler_maruyama_step(x, target, times[k], h, sigma, noise)
         if trajectory:
             xs.append(x.cpu())
-            ds.append(d.cpu())
-    return x, (d if discrete else None), xs, ds
+    if trajectory and d1 is None:
+        ds = ds * (steps + 1)
+    return x, d1, xs, ds
 
 
 def simulate(
@@ -89,10 +94,13 @@ def simulate(
     trajectory: bool = False,
     device: torch.device | str = "cpu",
     chunk: int = 2048,
+    unaffected: np.ndarray | None = None,
 ) -> Simulation:
     """Simulate both bridges from control cells ``x0`` (shape (n, n_genes)) under ``cond``.
 
-    ``cond`` has one row per cell. The same ``seed`` gives the same samples.
+    ``cond`` has one row per cell. ``unaffected`` (shape (n,)) is each cell's probability of
+    not responding (`calibration.fit_unaffected`): such a cell stays its control cell, on the
+    whole path. The same ``seed`` gives the same samples.
     """
     if steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
@@ -124,4 +132,21 @@ def simulate(
     if trajectory:
         sim.x_path = torch.cat(paths_x, 1).numpy()
         sim.d_path = torch.cat(paths_d, 1).numpy().astype(np.uint8)
+    if unaffected is not None:
+        _keep_unchanged(sim, np.asarray(x0, dtype=np.float32), unaffected, seed)
     return sim
+
+
+def _keep_unchanged(sim: Simulation, x0: np.ndarray, unaffected: np.ndarray, seed: int) -> None:
+    """Replace the cells drawn as non-responders by their control cells, in place."""
+    keep = np.random.default_rng([int(seed), 1]).random(len(x0)) < np.asarray(unaffected)
+    sim.unchanged = keep
+    if not keep.any():
+        return
+    sim.prediction[keep] = x0[keep]
+    sim.x1_hat[keep] = x0[keep]
+    if sim.d1_hat is not None:
+        sim.d1_hat[keep] = (x0[keep] > 0).astype(sim.d1_hat.dtype)
+    if sim.x_path is not None:
+        sim.x_path[:, keep] = x0[keep]
+        sim.d_path[:, keep] = (x0[keep] > 0).astype(np.uint8)

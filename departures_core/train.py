@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import math
 import time
 import warnings
@@ -16,7 +17,7 @@ import torch.nn.functional as F
 
 from . import keys, ot
 from .bridges import ctmc, sde
-from .config import RunConfig
+from .config import RunConfig, resolved_epochs
 from .data import PerturbationData
 from .errors import ConfigError, RunError
 from .model import (
@@ -46,19 +47,62 @@ def resolve_device(device: str = "auto") -> torch.device:
     return torch.device(device)
 
 
-def epoch_pairs(data: PerturbationData, config: RunConfig, rng: np.random.Generator):
-    """OT (or random) pairs of every training condition: control rows, perturbed rows, condition."""
+def validation_split(
+    data: PerturbationData, fraction: float, seed: int, min_cells: int = 10
+) -> tuple[PerturbationData, dict[tuple[str, str, float], np.ndarray]]:
+    """Keep ``fraction`` of the perturbed cells of each training condition out of training.
+
+    Returns the data to train on (the same object when nothing is kept out) and the kept-out
+    rows per ``(perturbation, cell_type, dose)``. Conditions with fewer than
+    ``2 * min_cells`` perturbed cells keep all their cells for training. Seeded: a resume
+    trains on the same cells.
+    """
+    if fraction <= 0:
+        return data, {}
+    rng = np.random.default_rng([seed, 7])
+    conditions, held = [], {}
+    for cond in data.conditions:
+        n_val = int(round(fraction * len(cond.perturbed)))
+        if cond.held_out or len(cond.perturbed) < 2 * min_cells or n_val < min_cells // 2:
+            conditions.append(cond)
+            continue
+        val = np.zeros(len(cond.perturbed), dtype=bool)
+        val[rng.choice(len(cond.perturbed), n_val, replace=False)] = True
+        held[(cond.perturbation, cond.cell_type, cond.dose)] = cond.perturbed[val]
+        conditions.append(dataclasses.replace(cond, perturbed=cond.perturbed[~val]))
+    return dataclasses.replace(data, conditions=conditions), held
+
+
+def ot_space(data: PerturbationData, config: RunConfig) -> np.ndarray:
+    """The coordinates of every cell that the OT cost is measured in (genes or PCs)."""
+    if config.ot.space == "pca" and config.ot.pairing == "ot":
+        return ot.pca_features(data.x, config.ot.n_pcs, seed=config.seed)
+    return data.x
+
+
+def epoch_pairs(
+    data: PerturbationData,
+    config: RunConfig,
+    rng: np.random.Generator,
+    features: np.ndarray | None = None,
+):
+    """OT (or random) pairs of every training condition: control rows, perturbed rows, condition.
+
+    ``features`` are the cells' coordinates for the cost (`ot_space`; the genes when None)."""
     c = config.ot
+    z = data.x if features is None else features
     i0, i1, cond = [], [], []
     for k, condition in enumerate(data.train_conditions()):
         a, b = ot.pair_condition(
-            data.x[condition.control],
-            data.x[condition.perturbed],
+            z[condition.control],
+            z[condition.perturbed],
             rng,
             pairing=c.pairing,
             batch_size=c.batch_size,
             epsilon=c.epsilon,
             cost=c.cost,
+            scale=c.scale,
+            log_domain=c.scale == "mean",
             max_iter=c.max_iter,
             stop_thr=c.stop_thr,
         )
@@ -79,9 +123,10 @@ def losses(model: Departures, x0: torch.Tensor, x1: torch.Tensor, cond, config: 
     if net.disc is None:  # without the on/off bridge nothing else zeroes inactive genes
         loss_cont = ((net.endpoint(x_t, x0, t, emb) - x1) ** 2).mean()
         return loss_cont, torch.zeros((), device=x0.device)
-    loss_cont = sde.masked_mse(net.endpoint(x_t, x0, t, emb), x1, d1).mean()
+    loss_cont = sde.masked_mse(net.endpoint(x_t, x0, t, emb, d1), x1, d1).mean()
     d_t = ctmc.sample_dt(d0, d1, t)
-    loss_disc = F.binary_cross_entropy_with_logits(net.activation_logits(d_t, x_t, x0, emb), d1)
+    logits = net.activation_logits(d_t, x0, emb)
+    loss_disc = F.binary_cross_entropy_with_logits(logits, d1)
     return loss_cont, loss_disc
 
 
@@ -120,6 +165,7 @@ def fit(
     )
     x = torch.from_numpy(data.x).to(device)
     cond_all = encode(model.vocab, condition_rows(data.train_conditions())).to(device)
+    features = ot_space(data, config)
     history, epoch0, step = [], 0, 0
     if resume_state is not None:
         opt.load_state_dict(resume_state["optimizer"])
@@ -132,15 +178,16 @@ def fit(
         torch.set_rng_state(resume_state["torch_rng"].cpu())
     n_pairs = sum(len(c.perturbed) for c in data.train_conditions())
     steps_per_epoch = -(-n_pairs // config.train.batch_size)
-    total = steps_per_epoch * config.train.epochs
+    epochs = resolved_epochs(config.train, steps_per_epoch)
+    total = steps_per_epoch * epochs
     bar = tqdm(total=total, initial=step, disable=not progress_bar, desc="train", unit="step")
     start = time.perf_counter() - (history[-1]["seconds"] if history else 0.0)
     amp = device.type == "cuda"
     stopped = False
     with bar:  # closed on errors too, so an error message starts its own line
-        for epoch in range(epoch0, config.train.epochs):
+        for epoch in range(epoch0, epochs):
             rng = np.random.default_rng([config.seed, epoch])  # pairing is reproducible on resume
-            i0, i1, ci = epoch_pairs(data, config, rng)
+            i0, i1, ci = epoch_pairs(data, config, rng, features)
             order = torch.from_numpy(rng.permutation(len(i0)))
             i0, i1, ci = (torch.from_numpy(a)[order].to(device) for a in (i0, i1, ci))
             for s in range(0, len(order), config.train.batch_size):
@@ -152,6 +199,8 @@ def fit(
                     loss = l_cont + config.bridge.disc_weight * l_disc
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
+                for group in opt.param_groups:
+                    group["lr"] = learning_rate(config.train.lr, step, total)
                 opt.step()
                 step += 1
                 row = {
@@ -178,6 +227,16 @@ def fit(
                 break
     net.eval()
     return history
+
+
+def learning_rate(base: float, step: int, total: int, floor: float = 0.1) -> float:
+    """Cosine decay from ``base`` to ``floor * base`` over ``total`` steps.
+
+    A constant rate left the last weights wherever the last minibatches pushed them: two
+    demo runs of 57 and 60 epochs (same seed) differed by 0.2 in held-out e_distance.
+    """
+    done = min(1.0, step / max(1, total))
+    return base * (floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * done)))
 
 
 def _diverged(config: RunConfig, step: int, epoch: int, loss: float, kept: bool) -> ConfigError:

@@ -31,7 +31,14 @@ name = st.text_input(
     help="Letters, digits, '-', '_' and '.'; other characters become '-'.",
 )
 c1, c2, c3, c4 = st.columns(4)
-p["epochs"] = c1.number_input("Epochs", 1, 10_000, t.epochs, help="Passes over all pairs.")
+p["epochs"] = c1.number_input(
+    "Epochs",
+    1,
+    10_000,
+    t.epochs,
+    placeholder="auto",
+    help=f"Passes over all pairs. Empty (auto): as many as {t.steps:,} optimiser steps take.",
+)
 p["batch_size"] = c2.number_input("Batch size", 8, 8192, t.batch_size, help="Pairs per step.")
 p["lr"] = c3.number_input("Learning rate", 1e-6, 1.0, t.lr, format="%.0e", help="AdamW.")
 p["n_genes"] = c4.number_input(

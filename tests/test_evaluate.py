@@ -85,7 +85,7 @@ def test_ablation_config_pins_the_split_and_flips_one_switch():
 
 def test_evaluate_run_scores_every_heldout_condition(run):
     ev = evaluate.evaluate_run(run, steps=5, progress=False)
-    assert set(ev.metrics["method"]) == {"departures", "control", "mean_shift"}
+    assert set(ev.metrics["method"]) == {"departures", "control", "mean_shift", "pooled_perturbed"}
     scored = {
         (c.perturbation, c.cell_type)
         for c in run.data.heldout_conditions()
@@ -125,7 +125,7 @@ def test_cli_evaluate_writes_metrics_and_summary(trained, tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     frame = pd.read_csv(out / "metrics.csv")
     assert list(frame.columns) == ["method", "perturbation", "cell_type", "metric", "value"]
-    assert set(frame["method"]) == {"departures", "control", "mean_shift"}
+    assert set(frame["method"]) == {"departures", "control", "mean_shift", "pooled_perturbed"}
     summary = json.loads((out / "summary.json").read_text())
     assert set(summary["summary"]["departures"]["e_distance"]) == {"mean", "median", "n"}
     assert "departures" in proc.stdout and "e_distance" in proc.stdout

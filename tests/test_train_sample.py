@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import departures_core
-from departures_core import keys, runs
+from departures_core import keys, runs, train
 from departures_core.config import BridgeConfig, RunConfig, TrainConfig
 from departures_core.errors import RunError, UnknownPerturbationError
 
@@ -139,6 +139,25 @@ def test_predict_trajectory(run):
     np.testing.assert_allclose(pred.uns["trajectory_t"], np.linspace(0, 1, steps + 1))
 
 
+def test_genes_off_at_the_endpoint_follow_the_training_bridge_to_zero(run):
+    """The expression bridge runs given the on/off endpoint d1, so a gene that ends off is
+    carried to 0 along the whole path - the mean of the Brownian bridge it was trained on,
+    (1 - t) x0 - and not only from the moment it switches."""
+    p = _heldout_perturbation(run)
+    ct = run.data.cell_types[0]
+    start = run.data.control_indices(ct)
+    steps = 10
+    rows = [(p, ct, 0.0)] * len(start)
+    sim = runs.simulate_from(run, start, rows, steps=steps, trajectory=True, responders=False)
+    x0 = run.data.x[start]
+    ends_off = (sim.d1_hat == 0) & (x0 > 0)  # on in the control cell, off at the endpoint
+    assert ends_off.sum() > 100
+    for k in (2, 5, 8):
+        t = k / steps
+        mean_k = sim.x_path[k][ends_off].mean()
+        assert mean_k == pytest.approx((1 - t) * x0[ends_off].mean(), abs=0.05)
+
+
 def test_same_seed_same_samples_after_reload(trained):
     run_a, run_b = runs.open_run(trained[0]), runs.open_run(trained[0])
     p = _heldout_perturbation(run_a)
@@ -231,7 +250,17 @@ def test_resume_uses_the_new_learning_rate(resumed):
     run_dir = resumed[0]
     assert json.loads((run_dir / keys.CONFIG_FILE).read_text())["train"]["lr"] == 5e-4
     state = torch.load(run_dir / keys.MODEL_FILE, map_location="cpu", weights_only=True)
-    assert state["optimizer"]["param_groups"][0]["lr"] == pytest.approx(5e-4)
+    # the rate decays (cosine) from the new base rate to a tenth of it at the last step
+    final = train.learning_rate(5e-4, state["step"], state["step"])
+    assert final == pytest.approx(5e-5)
+    assert state["optimizer"]["param_groups"][0]["lr"] == pytest.approx(final)
+
+
+def test_learning_rate_decays_from_the_base_rate_to_a_tenth():
+    rates = [train.learning_rate(1e-3, s, 100) for s in range(0, 101, 10)]
+    assert rates[0] == pytest.approx(1e-3) and rates[-1] == pytest.approx(1e-4)
+    assert all(a > b for a, b in zip(rates, rates[1:], strict=False))
+    assert train.learning_rate(1e-3, 150, 100) == pytest.approx(1e-4)  # past the end: the floor
 
 
 # ---------------------------------------------------------------- continuous bridge only

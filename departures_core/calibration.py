@@ -1,0 +1,239 @@
+"""Calibration: are predicted cells distributed like the observed ones, trained and held out?
+
+A generative model is judged first in distribution. For every condition (training and
+held-out) this compares the prediction from the condition's own control cells with the
+observed perturbed cells, next to the unchanged controls and the observed cells' own
+half-vs-half noise floor, and breaks any gap down into the summaries where a biased
+generator shows: active genes per cell, total expression per cell (mean and sd), per-gene
+variance and per-gene means.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+import pandas as pd
+
+from . import metrics
+from .data import Condition, PerturbationData
+
+COLUMNS = (
+    "split",
+    "perturbation",
+    "cell_type",
+    "n_observed",
+    "e_distance",
+    "e_distance_bridges",
+    "e_distance_control",
+    "noise_floor",
+    "active_genes_pred",
+    "active_genes_obs",
+    "total_mean_pred",
+    "total_mean_obs",
+    "total_sd_pred",
+    "total_sd_obs",
+    "total_bias",
+    "variance_ratio",
+    "mean_error",
+    "mean_error_control",
+)
+NULL_EFFECT = 0.1  # control e_distance below this: the perturbation changes nothing measurable
+
+
+def noise_floor(obs: np.ndarray, rng: np.random.Generator) -> float:
+    """e_distance between two random halves of the observed cells: what sampling alone gives."""
+    order = rng.permutation(len(obs))
+    half = len(obs) // 2
+    return metrics.e_distance(obs[order[:half]], obs[order[half : 2 * half]])
+
+
+def variance_ratio(pred: np.ndarray, obs: np.ndarray) -> float:
+    """Median over genes (observed variance > 0) of predicted / observed variance."""
+    var_obs = obs.var(0)
+    keep = var_obs > 1e-12
+    if not keep.any():
+        return float("nan")
+    return float(np.median(pred.var(0)[keep] / var_obs[keep]))
+
+
+def condition_row(
+    pred: np.ndarray, obs: np.ndarray, ctrl: np.ndarray, rng: np.random.Generator
+) -> dict[str, float]:
+    """The calibration numbers of one condition (all arrays cells x genes, same genes)."""
+    pred, obs, ctrl = (np.asarray(a, dtype=np.float64) for a in (pred, obs, ctrl))
+    total_pred, total_obs = pred.sum(1), obs.sum(1)
+    mean_obs = obs.mean(0)
+    return {
+        "n_observed": len(obs),
+        "e_distance": metrics.e_distance(pred, obs),
+        "e_distance_control": metrics.e_distance(ctrl, obs),
+        "noise_floor": noise_floor(obs, rng) if len(obs) >= 4 else float("nan"),
+        "active_genes_pred": float((pred > 0).sum(1).mean()),
+        "active_genes_obs": float((obs > 0).sum(1).mean()),
+        "total_mean_pred": float(total_pred.mean()),
+        "total_mean_obs": float(total_obs.mean()),
+        "total_sd_pred": float(total_pred.std()),
+        "total_sd_obs": float(total_obs.std()),
+        "total_bias": float(total_pred.mean() / max(total_obs.mean(), 1e-12) - 1.0),
+        "variance_ratio": variance_ratio(pred, obs),
+        "mean_error": float(np.abs(pred.mean(0) - mean_obs).mean()),
+        "mean_error_control": float(np.abs(ctrl.mean(0) - mean_obs).mean()),
+    }
+
+
+def calibrate(
+    data: PerturbationData,
+    predict: Callable[[Condition], np.ndarray],
+    *,
+    min_cells: int = 10,
+    seed: int = 0,
+    progress: bool = True,
+    bridges: Callable[[Condition], np.ndarray] | None = None,
+) -> pd.DataFrame:
+    """One row per condition with at least ``min_cells`` observed cells, training and held out.
+
+    ``predict(condition)`` returns predicted cells started from the condition's controls
+    (as `evaluate.model_predictor` does); ``bridges``, the same without the non-responders,
+    adds their e_distance (``e_distance_bridges``).
+    """
+    from tqdm.auto import tqdm
+
+    rng = np.random.default_rng(seed)
+    rows = []
+    usable = [c for c in data.conditions if len(c.perturbed) >= min_cells and len(c.control) >= 2]
+    for cond in tqdm(usable, desc="calibrate", disable=not progress):
+        scores = condition_row(predict(cond), data.x[cond.perturbed], data.x[cond.control], rng)
+        if bridges is not None:
+            scores["e_distance_bridges"] = metrics.e_distance(bridges(cond), data.x[cond.perturbed])
+        split = "held_out" if cond.held_out else "train"
+        rows.append(
+            {
+                "split": split,
+                "perturbation": cond.perturbation,
+                "cell_type": cond.cell_type,
+                **scores,
+            }
+        )
+    return pd.DataFrame(rows, columns=list(COLUMNS))
+
+
+def summarize(table: pd.DataFrame) -> pd.DataFrame:
+    """Medians per split (rows ``train``, ``train_null``, ``held_out``) of the calibration table.
+
+    ``train_null`` is the training conditions whose control e_distance is below
+    `NULL_EFFECT`: perturbations that change nothing, which a faithful model reproduces
+    near the noise floor.
+    """
+    groups = {
+        "train": table[table["split"] == "train"],
+        "train_null": table[
+            (table["split"] == "train") & (table["e_distance_control"] < NULL_EFFECT)
+        ],
+        "held_out": table[table["split"] == "held_out"],
+    }
+    numeric = [c for c in COLUMNS if c not in ("split", "perturbation", "cell_type")]
+    out = {
+        name: {"conditions": len(g), **g[numeric].median().to_dict()}
+        for name, g in groups.items()
+        if len(g)
+    }
+    return pd.DataFrame(out).T
+
+
+# ----------------------------------------------------------------- responders and non-responders
+def _mean_distance(x: np.ndarray, y: np.ndarray | None = None) -> float:
+    """Mean Euclidean distance between the rows of ``x`` and ``y`` (``y`` None: distinct pairs
+    of rows of ``x``)."""
+    same = y is None
+    y = x if same else y
+    (total,) = metrics._block_sums(x, y, [np.sqrt], same=same)
+    pairs = len(x) * (len(x) - 1) if same else len(x) * len(y)
+    return float(total / max(pairs, 1))
+
+
+def unaffected_fraction(pred: np.ndarray, ctrl: np.ndarray, obs: np.ndarray) -> float:
+    """The fraction ``w`` of cells left unchanged that brings ``w ctrl + (1 - w) pred`` closest
+    to ``obs`` in energy distance; in [0, 1].
+
+    The squared energy distance of the mixture is a quadratic in ``w``; its minimum is
+    ``(D_py - D_cy + D_pc - D_pp) / (2 D_pc - D_pp - D_cc)`` with ``D`` the mean distances
+    between (and within) predicted ``p``, control ``c`` and observed ``y`` cells.
+    """
+    pred, ctrl, obs = (np.asarray(a, dtype=np.float64) for a in (pred, ctrl, obs))
+    centre = obs.mean(0)
+    pred, ctrl, obs = pred - centre, ctrl - centre, obs - centre
+    d_py, d_cy, d_pc = (
+        _mean_distance(pred, obs),
+        _mean_distance(ctrl, obs),
+        _mean_distance(pred, ctrl),
+    )
+    d_pp, d_cc = _mean_distance(pred), _mean_distance(ctrl)
+    curvature = 2 * d_pc - d_pp - d_cc  # the energy distance of pred and ctrl, squared
+    if curvature <= 1e-12:
+        return 0.0
+    return float(np.clip((d_py - d_cy + d_pc - d_pp) / curvature, 0.0, 1.0))
+
+
+def fit_unaffected(
+    data: PerturbationData,
+    simulate_condition: Callable[[Condition, np.ndarray], np.ndarray],
+    *,
+    observed: dict | None = None,
+    min_cells: int = 10,
+    max_cells: int = 300,
+    seed: int = 0,
+) -> dict:
+    """Estimate, per training condition, the fraction of cells the perturbation leaves unchanged.
+
+    Many cells of a perturbation screen do not respond (an incomplete knock-out, a drug that
+    misses a cell: Mixscape's "non-perturbed" cells), and a perturbation that changes nothing
+    is the extreme case. The bridges model the responders; this fraction, fitted by energy
+    distance on each training condition (`unaffected_fraction`), gives the rest. A condition
+    without its own estimate (held out) takes the median of its cell type's training
+    conditions, else of all of them. ``simulate_condition(condition, control_rows)`` returns
+    the bridges' prediction from those control rows. ``observed`` maps
+    ``(perturbation, cell_type, dose)`` to the rows to compare with - the validation cells,
+    which the bridges were not trained on (a bridge that memorised its training cells
+    matches them too well for an honest estimate); only those conditions are fitted then.
+    """
+    rng = np.random.default_rng(seed)
+    per_condition = {}
+    for cond in data.train_conditions():
+        if len(cond.perturbed) < min_cells or len(cond.control) < 2:
+            continue
+        if observed is not None:
+            obs = observed.get((cond.perturbation, cond.cell_type, cond.dose))
+            if obs is None or len(obs) < min_cells // 2:
+                continue
+        else:
+            obs = cond.perturbed
+        rows = cond.control
+        if len(rows) > max_cells:
+            rows = np.sort(rng.choice(rows, max_cells, replace=False))
+        if len(obs) > max_cells:
+            obs = np.sort(rng.choice(obs, max_cells, replace=False))
+        pred = simulate_condition(cond, rows)
+        per_condition[f"{cond.perturbation}|{cond.cell_type}|{cond.dose:g}"] = (
+            cond.cell_type,
+            unaffected_fraction(pred, data.x[rows], data.x[obs]),
+        )
+    by_type: dict[str, list[float]] = {}
+    for cell_type, w in per_condition.values():
+        by_type.setdefault(cell_type, []).append(w)
+    values = [w for _, w in per_condition.values()]
+    return {
+        "condition": {k: w for k, (_, w) in per_condition.items()},
+        "cell_type": {ct: float(np.median(ws)) for ct, ws in by_type.items()},
+        "overall": float(np.median(values)) if values else 0.0,
+    }
+
+
+def unaffected_for(fractions: dict | None, perturbation: str, cell_type: str, dose: float) -> float:
+    """The unaffected fraction of one condition from `fit_unaffected`'s result (0 when None)."""
+    if not fractions:
+        return 0.0
+    own = fractions["condition"].get(f"{perturbation}|{cell_type}|{dose:g}")
+    if own is not None:
+        return float(own)
+    return float(fractions["cell_type"].get(cell_type, fractions["overall"]))

@@ -1,0 +1,136 @@
+"""A faithful generator: training conditions reproduced without bias, null conditions near the
+noise floor, non-responders estimated, and the calibration report of `evaluate`."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from departures_core import calibration, evaluate, keys, metrics, runs
+from departures_core.config import DataConfig, RunConfig, TrainConfig
+
+ROOT = Path(evaluate.__file__).resolve().parent.parent
+
+NULL = "NULL"  # control cells relabelled as a perturbation: it changes nothing
+
+
+@pytest.fixture(scope="module")
+def null_demo(demo):
+    """The demo with half of the K562 and A172 control cells relabelled ``NULL``."""
+    adata = demo.copy()
+    rng = np.random.default_rng(0)
+    labels = adata.obs["condition"].astype(str).to_numpy().copy()
+    for cell_type in ("k562", "A172"):
+        ctrl = np.flatnonzero((labels == "control") & (adata.obs["cell_type"] == cell_type))
+        labels[rng.choice(ctrl, len(ctrl) // 2, replace=False)] = NULL
+    adata.obs["condition"] = pd.Categorical(labels)
+    return adata
+
+
+@pytest.fixture(scope="module")
+def calibrated_run(tmp_path_factory, null_demo):
+    """A short default-size run (8 epochs, ~40 s on 2 cores) of the demo with a null condition."""
+    cfg = RunConfig(
+        data=DataConfig(cell_type_key="cell_type", holdout=("KLF1", "MAPK1")),
+        train=TrainConfig(epochs=8, device="cpu"),
+    )
+    run_dir = tmp_path_factory.mktemp("calibrated") / "run"
+    runs.train(null_demo, cfg, run_dir, progress_bar=False)
+    return runs.open_run(run_dir)
+
+
+@pytest.fixture(scope="module")
+def table(calibrated_run):
+    return evaluate.calibrate_run(calibrated_run, steps=25, progress=False)
+
+
+def test_training_conditions_have_no_expression_or_variance_bias(table):
+    """The bias of the old sampler (totals +5-9 %, variance 1.2-1.4x) must not return."""
+    train = table[table["split"] == "train"]
+    assert len(train) >= 30
+    assert abs(train["total_bias"].median()) <= 0.03
+    assert 0.8 <= train["variance_ratio"].median() <= 1.25
+    assert abs(train["active_genes_pred"].median() / train["active_genes_obs"].median() - 1) < 0.1
+
+
+def test_training_conditions_are_as_close_as_the_unchanged_controls(table):
+    train = table[table["split"] == "train"]
+    assert train["e_distance"].median() <= train["e_distance_control"].median() + 0.02
+    assert (train["mean_error"] < train["mean_error_control"]).mean() > 0.5
+
+
+def test_a_perturbation_that_changes_nothing_is_reproduced_near_the_noise_floor(
+    calibrated_run, table
+):
+    nulls = table[table["perturbation"] == NULL]
+    assert set(nulls["cell_type"]) == {"k562", "A172"}
+    assert (nulls["e_distance"] <= 0.2).all()
+    assert (nulls["e_distance"] <= nulls["e_distance_control"] + 0.1).all()
+    fractions = calibrated_run.unaffected
+    for cell_type in ("k562", "A172"):
+        assert calibration.unaffected_for(fractions, NULL, cell_type, 0.0) > 0.5
+
+
+def test_the_report_names_every_condition_of_both_splits(calibrated_run, table):
+    assert list(table.columns) == list(calibration.COLUMNS)
+    assert set(table["split"]) == {"train", "held_out"}
+    assert set(table.loc[table["split"] == "held_out", "perturbation"]) == {"KLF1", "MAPK1"}
+    summary = calibration.summarize(table)
+    assert {"train", "train_null", "held_out"} <= set(summary.index)
+    assert (table["noise_floor"] >= 0).all()
+
+
+def test_unaffected_fraction_recovers_a_known_mixture():
+    rng = np.random.default_rng(1)
+    ctrl = rng.normal(0.0, 1.0, (400, 20))
+    responders = rng.normal(0.0, 1.0, (400, 20)) + 2.0
+    for w in (0.0, 0.3, 0.7, 1.0):
+        n = int(round(w * 400))
+        obs = np.concatenate([rng.normal(0.0, 1.0, (n, 20)), responders[: 400 - n] + 0.0])
+        pred = rng.normal(0.0, 1.0, (400, 20)) + 2.0
+        assert calibration.unaffected_fraction(pred, ctrl, obs) == pytest.approx(w, abs=0.08)
+
+
+def test_non_responders_stay_their_control_cells_on_the_whole_path(calibrated_run):
+    data = calibrated_run.data
+    cond = data.find(NULL, "k562")
+    rows = [(NULL, "k562", cond.dose)] * len(cond.control)
+    sim = runs.simulate_from(calibrated_run, cond.control, rows, steps=5, trajectory=True)
+    keep = sim.unchanged
+    assert keep.mean() > 0.5
+    x0 = data.x[cond.control]
+    np.testing.assert_array_equal(sim.prediction[keep], x0[keep])
+    assert np.all(sim.x_path[:, keep] == x0[keep][None])
+    bridges = runs.simulate_from(calibrated_run, cond.control, rows, steps=5, responders=False)
+    assert bridges.unchanged is None
+    assert not np.array_equal(bridges.prediction[keep], x0[keep])
+
+
+def test_pooled_perturbed_pools_the_training_perturbations_of_the_cell_type(calibrated_run):
+    data = calibrated_run.data
+    cond = data.find("KLF1", "k562")
+    pooled = evaluate.pooled_perturbed_predictor(data)(cond)
+    train_k562 = np.concatenate(
+        [c.perturbed for c in data.train_conditions() if c.cell_type == "k562"]
+    )
+    assert len(pooled) == min(len(train_k562), 2000)
+    assert metrics.e_distance(pooled, data.x[train_k562]) < 0.05
+
+
+def test_evaluate_command_writes_the_calibration_report(calibrated_run, tmp_path):
+    out = tmp_path / "eval"
+    cmd = [sys.executable, "-m", "departures_core", "evaluate", str(calibrated_run.path)]
+    cmd += ["--steps", "10", "--device", "cpu", "--out", str(out)]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    table = pd.read_csv(out / "calibration.csv")
+    assert list(table.columns) == list(calibration.COLUMNS)
+    assert "calibration" in proc.stdout and "train_null" in proc.stdout
+    methods = set(pd.read_csv(out / "metrics.csv")["method"])
+    assert methods == {"departures", "control", "mean_shift", "pooled_perturbed"}
+    fractions = json.loads((calibrated_run.path / keys.RESPONDERS_FILE).read_text())
+    assert set(fractions) == {"condition", "cell_type", "overall"}
