@@ -184,3 +184,25 @@ def test_epoch_pairs_never_mix_conditions(demo_data, tiny_config, pairing):
     assert np.all(data.cell_type[i1] == cond_ct)
     held = set(data.split.holdout)
     assert not held & set(data.perturbation[i1])  # held-out perturbations are never paired
+
+
+def test_cost_scaled_by_its_mean_makes_epsilon_relative_to_the_typical_cost():
+    rng = np.random.default_rng(0)
+    x0, x1 = rng.normal(size=(30, 8)), rng.normal(size=(40, 8)) + 1.0
+    by_mean = ot.cost_matrix(x0, x1, scale="mean")
+    assert by_mean.mean() == pytest.approx(1.0)
+    np.testing.assert_allclose(by_mean / by_mean.max(), ot.cost_matrix(x0, x1), rtol=1e-9)
+    with pytest.raises(ValueError, match="scale"):
+        ot.cost_matrix(x0, x1, scale="median")
+    # log-domain Sinkhorn stays a proper plan where the plain one underflows
+    sharp = ot.solve(x0, x1, epsilon=1e-3, scale="mean", log_domain=True)
+    assert np.isfinite(sharp.plan).all() and sharp.plan.sum() == pytest.approx(1.0)
+
+
+def test_pca_features_keep_the_cells_and_their_main_axes():
+    rng = np.random.default_rng(0)
+    axis = rng.normal(size=(1, 50))
+    x = rng.normal(size=(300, 1)) * 5 @ axis + rng.normal(size=(300, 50))
+    z = ot.pca_features(x.astype(np.float32), n_pcs=5, seed=0)
+    assert z.shape == (300, 5) and z.dtype == np.float32
+    assert abs(np.corrcoef(z[:, 0], x @ axis.ravel())[0, 1]) > 0.95
