@@ -105,6 +105,7 @@ def _fit_reporting(model, data, run_dir, device, state, callback, should_stop, p
     stop = should_stop or (lambda: (run_dir / keys.STOP_FILE).exists())
     config = model.config
     fit_data, validation = validation_split(data, config.train.validation, config.seed)
+    (run_dir / keys.RESPONDERS_FILE).unlink(missing_ok=True)  # fitted to the weights it replaces
     try:
         history = fit(
             model,
@@ -116,7 +117,8 @@ def _fit_reporting(model, data, run_dir, device, state, callback, should_stop, p
             progress_bar=progress_bar,
             should_stop=stop,
         )
-        write_responders(model, data, validation, run_dir, device)
+        if not stop():  # a stopped run is fitted when it finishes (resume)
+            write_responders(model, data, validation, run_dir, device)
     except BaseException as exc:  # the app reads the failure from progress.json
         reporter.fail(exc)
         raise
