@@ -78,11 +78,16 @@ class TrainConfig:
     device: str = "auto"
 
 
+MAX_AUTO_EPOCHS = 500  # a tiny dataset (one step an epoch) is not re-paired 4,000 times
+
+
 def resolved_epochs(train: TrainConfig, steps_per_epoch: int) -> int:
-    """The epochs a training runs: ``train.epochs``, or enough for ``train.steps`` steps."""
+    """The epochs a training runs: ``train.epochs``, or enough for ``train.steps`` steps
+    (at most `MAX_AUTO_EPOCHS`)."""
     if train.epochs is not None:
         return int(train.epochs)
-    return max(1, -(-int(train.steps) // max(1, int(steps_per_epoch))))
+    wanted = -(-int(train.steps) // max(1, int(steps_per_epoch)))
+    return max(1, min(MAX_AUTO_EPOCHS, wanted))
 
 
 @dataclass(frozen=True)

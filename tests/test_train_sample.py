@@ -281,3 +281,12 @@ def test_no_discrete_trains_and_predicts_without_activation(tmp_path, demo, tiny
     x = np.asarray(pred.X)
     assert np.isfinite(x).all() and (x >= 0).all()
     np.testing.assert_allclose(x, np.maximum(pred.layers["x1_hat"], 0))
+
+
+def test_auto_epochs_give_the_default_steps_and_explicit_epochs_win():
+    from departures_core.config import MAX_AUTO_EPOCHS, resolved_epochs
+
+    assert resolved_epochs(TrainConfig(), 71) == 57  # the demo: 57 x 71 >= 4,000 steps
+    assert resolved_epochs(TrainConfig(steps=100), 30) == 4
+    assert resolved_epochs(TrainConfig(), 1) == MAX_AUTO_EPOCHS
+    assert resolved_epochs(TrainConfig(epochs=2), 71) == 2
