@@ -181,7 +181,7 @@ def fit_unaffected(
     *,
     observed: dict | None = None,
     min_cells: int = 10,
-    max_cells: int = 300,
+    max_cells: int = 200,
     seed: int = 0,
 ) -> dict:
     """Estimate, per training condition, the fraction of cells the perturbation leaves unchanged.
