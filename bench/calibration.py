@@ -35,7 +35,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from quality import DATA, DATASETS  # noqa: E402
+from quality import DATA, DATASETS, format_table  # noqa: E402
 
 from departures_core import calibration, evaluate, io, runs  # noqa: E402
 from departures_core.config import RunConfig  # noqa: E402
@@ -127,19 +127,7 @@ def held_out_table(long: pd.DataFrame, times: dict) -> str:
         .median()
         .unstack("metric")
     )
-    cols = [c for c in HELD_OUT_COLUMNS if c in medians.columns]
-    lines = [
-        "| dataset | method | " + " | ".join(cols) + " | train s |",
-        "|---|---|" + "---|" * (len(cols) + 1),
-    ]
-    for (dataset, method), g in medians.groupby(["dataset", "method"], sort=False):
-        cells = [
-            f"{g[c].mean():.3f} ± {g[c].std(ddof=0):.3f}" if g[c].notna().any() else "—"
-            for c in cols
-        ]
-        t = f"{np.mean(times[dataset]):.0f}" if method == "departures" else ""
-        lines.append(f"| {dataset} | {method} | " + " | ".join(cells) + f" | {t} |")
-    return "\n".join(lines)
+    return format_table(medians.reset_index(), times, HELD_OUT_COLUMNS)
 
 
 def main() -> None:

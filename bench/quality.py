@@ -147,8 +147,9 @@ def effect_table(metrics: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
-def format_table(scores: pd.DataFrame, times: dict[str, list[float]]) -> str:
-    cols = [c for c in COLUMNS if c in scores.columns]
+def format_table(scores: pd.DataFrame, times: dict[str, list[float]], columns=COLUMNS) -> str:
+    """Rows dataset x method of per-seed ``scores``: mean ± sd over seeds of each column."""
+    cols = [c for c in columns if c in scores.columns]
     lines = [
         "| dataset | method | " + " | ".join(cols) + " | train s |",
         "|---|---|" + "---|" * (len(cols) + 1),
