@@ -18,7 +18,7 @@ from .data import Condition, PerturbationData, Split, tokens_of
 from .errors import RunError, UnknownPerturbationError
 from .nn import PAD, UNKNOWN, ConditionEncoder, CondTensors, DeparturesNet, GRNEncoder
 
-CHECKPOINT_FORMAT = 2  # 2: the expression bridge is conditioned on the on/off endpoint
+CHECKPOINT_FORMAT = 3  # 2: expression bridge given the on/off endpoint; 3: on/off given switches
 # what every checkpoint of this format holds; a resume also needs optimizer and torch_rng
 CHECKPOINT_KEYS = ("config", "vocab", "split", "model", "epoch", "step")
 

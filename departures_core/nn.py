@@ -132,7 +132,8 @@ class Trunk(nn.Module):
 class DeparturesNet(nn.Module):
     """Both bridges over a shared conditioning encoder.
 
-    ``logits(d_t, x0, t, c)`` of ``p(d1 = 1)`` (the on/off bridge) and
+    ``logits(d_t, s_t, x0, t, c)`` of ``p(d1 = 1)`` for the genes that have not switched yet
+    (``s_t``: which genes have; the on/off bridge, see `ctmc.step`) and
     ``x1_hat(x_t, x0, d1, t, c) = (1 - t) x0 + t x_t + f(x_t, x0, d1, t, c)`` (the endpoint of
     the expression bridge as a residual on the control cell, blended towards the current
     state as t -> 1), the value of each gene given the endpoint's on/off state ``d1``.
@@ -162,7 +163,7 @@ class DeparturesNet(nn.Module):
             nn.Linear(cond_dim, cond_dim), nn.SiLU(), nn.Linear(cond_dim, cond_dim)
         )
         self.cont = Trunk((3 if discrete else 2) * n_genes, n_genes, hidden, cond_dim, n_layers)
-        self.disc = Trunk(2 * n_genes, n_genes, hidden, cond_dim, n_layers) if discrete else None
+        self.disc = Trunk(3 * n_genes, n_genes, hidden, cond_dim, n_layers) if discrete else None
 
     def embed(self, cond_emb: Tensor, t: Tensor) -> Tensor:
         return cond_emb + self.time(sinusoidal(t, self.cond_dim))
@@ -178,5 +179,7 @@ class DeparturesNet(nn.Module):
         inputs = [x_t, x0] if self.disc is None else [x_t, x0, d1]
         return skip + self.cont(torch.cat(inputs, dim=-1), emb)
 
-    def activation_logits(self, d_t: Tensor, x0: Tensor, emb: Tensor) -> Tensor:
-        return self.disc(torch.cat([d_t, x0], dim=-1), emb)
+    def activation_logits(self, d_t: Tensor, switched: Tensor, x0: Tensor, emb: Tensor) -> Tensor:
+        """Logits of ``p(d1 = 1)`` for the genes that have not switched yet (``switched`` is
+        0), given the on/off state ``d_t``, which genes have switched and the control cell."""
+        return self.disc(torch.cat([d_t, switched.to(d_t.dtype), x0], dim=-1), emb)

@@ -60,7 +60,7 @@ def _simulate_chunk(
     if net.disc is not None:
         switched = torch.zeros(d.shape, dtype=torch.bool, device=d.device)
         for k in range(steps):
-            p1 = torch.sigmoid(net.activation_logits(d, x0, embs[k]))
+            p1 = torch.sigmoid(net.activation_logits(d, switched, x0, embs[k]))
             d, switched = ctmc.step(d, switched, p1, k * h, h, generator)  # all switched at 1
             if trajectory:
                 ds.append(d.cpu())

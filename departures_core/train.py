@@ -124,9 +124,12 @@ def losses(model: Departures, x0: torch.Tensor, x1: torch.Tensor, cond, config: 
         loss_cont = ((net.endpoint(x_t, x0, t, emb) - x1) ** 2).mean()
         return loss_cont, torch.zeros((), device=x0.device)
     loss_cont = sde.masked_mse(net.endpoint(x_t, x0, t, emb, d1), x1, d1).mean()
-    d_t = ctmc.sample_dt(d0, d1, t)
-    logits = net.activation_logits(d_t, x0, emb)
-    loss_disc = F.binary_cross_entropy_with_logits(logits, d1)
+    d_t, switched = ctmc.sample_switched(d0, d1, t)
+    logits = net.activation_logits(d_t, switched, x0, emb)
+    # only genes still to switch carry information (the others are d1 already)
+    pending = (~switched).to(x0.dtype)
+    bce = F.binary_cross_entropy_with_logits(logits, d1, reduction="none")
+    loss_disc = (bce * pending).sum() / pending.sum().clamp(min=1.0)
     return loss_cont, loss_disc
 
 
