@@ -2,7 +2,7 @@
 
     python bench/calibration.py [--seeds 0,1,2] [--datasets perturbench,kang,zhao]
                                 [--set section.key=value ...] [--out bench/out/calibration]
-                                [--threads N]
+                                [--threads N] [--refit-responders]
 
 For each dataset and seed: train Departures with the default settings (``--set`` overrides
 one, e.g. ``--set ot.epsilon=0.05``: how each change of the method was measured), then
@@ -62,7 +62,7 @@ def with_overrides(config: RunConfig, overrides: list[str]) -> RunConfig:
     return config
 
 
-def run_one(name: str, seed: int, out: Path, overrides: list[str]):
+def run_one(name: str, seed: int, out: Path, overrides: list[str], refit: bool = False):
     file, data_cfg = DATASETS[name]
     config = with_overrides(RunConfig(data=data_cfg, seed=seed), overrides).check()
     run_dir = out / f"{name}-seed{seed}"
@@ -75,6 +75,11 @@ def run_one(name: str, seed: int, out: Path, overrides: list[str]):
         else:
             seconds = float(pd.read_csv(run_dir / "history.csv")["seconds"].iloc[-1])
         run = runs.open_run(run_dir)
+        sampling = [o for o in overrides if o.startswith("bridge.onoff=")]
+        if sampling:  # a sampling setting also applies to a run trained before
+            run.model.config = with_overrides(run.model.config, sampling)
+        if refit:
+            run.unaffected = runs.refit_responders(run_dir, config=run.model.config)
         calib = evaluate.calibrate_run(run, seed=seed, progress=False)
         ev = evaluate.evaluate_run(run, seed=seed, progress=False)
     ev.save(run_dir / "eval")
@@ -137,6 +142,11 @@ def main() -> None:
     ap.add_argument("--set", action="append", default=[], help="override: section.key=value")
     ap.add_argument("--out", default=str(ROOT / "bench" / "out" / "calibration"))
     ap.add_argument("--threads", type=int, help="torch threads (several runs at once: 1)")
+    ap.add_argument(
+        "--refit-responders",
+        action="store_true",
+        help="runs already trained: fit their non-responders again before evaluating",
+    )
     args = ap.parse_args()
     if args.threads:
         import torch
@@ -146,7 +156,7 @@ def main() -> None:
     calibs, longs, times = [], [], {}
     for name in args.datasets.split(","):
         for seed in map(int, args.seeds.split(",")):
-            calib, long, seconds = run_one(name, seed, out, args.set)
+            calib, long, seconds = run_one(name, seed, out, args.set, args.refit_responders)
             calibs.append(calib)
             longs.append(long)
             times.setdefault(name, []).append(seconds)

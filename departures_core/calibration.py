@@ -175,13 +175,30 @@ def unaffected_fraction(pred: np.ndarray, ctrl: np.ndarray, obs: np.ndarray) -> 
     return float(np.clip((d_py - d_cy + d_pc - d_pp) / curvature, 0.0, 1.0))
 
 
+# Held-out conditions: the unaffected fraction is the mean over the training conditions
+# whose predicted effect (energy distance of the bridges' cells from their control cells)
+# is nearest in log scale - sqrt(n) of them, at least 3: a fixed kernel width let the many
+# small-effect conditions of a screen outweigh the few strong ones.
+MIN_EFFECT_CELLS = 20  # fewer simulated cells give too noisy an effect size
+EFFECT_CELLS = 200  # cells of a simulation used to measure its effect size
+
+
+def predicted_effect(pred: np.ndarray, ctrl: np.ndarray) -> float | None:
+    """Energy distance of the bridges' cells ``pred`` from the control cells they started
+    from, on at most `EFFECT_CELLS` of them; None below `MIN_EFFECT_CELLS` cells."""
+    if len(pred) < MIN_EFFECT_CELLS:
+        return None
+    rows = np.linspace(0, len(pred) - 1, min(len(pred), EFFECT_CELLS)).round().astype(int)
+    return metrics.e_distance(pred[rows], ctrl[rows])
+
+
 def fit_unaffected(
     data: PerturbationData,
     simulate_condition: Callable[[Condition, np.ndarray], np.ndarray],
     *,
     observed: dict | None = None,
     min_cells: int = 10,
-    max_cells: int = 200,
+    max_cells: int = EFFECT_CELLS,
     seed: int = 0,
 ) -> dict:
     """Estimate, per training condition, the fraction of cells the perturbation leaves unchanged.
@@ -189,13 +206,19 @@ def fit_unaffected(
     Many cells of a perturbation screen do not respond (an incomplete knock-out, a drug that
     misses a cell: Mixscape's "non-perturbed" cells), and a perturbation that changes nothing
     is the extreme case. The bridges model the responders; this fraction, fitted by energy
-    distance on each training condition (`unaffected_fraction`), gives the rest. A condition
-    without its own estimate (held out) takes the median of its cell type's training
-    conditions, else of all of them. ``simulate_condition(condition, control_rows)`` returns
-    the bridges' prediction from those control rows. ``observed`` maps
-    ``(perturbation, cell_type, dose)`` to the rows to compare with - the validation cells,
-    which the bridges were not trained on (a bridge that memorised its training cells
-    matches them too well for an honest estimate); only those conditions are fitted then.
+    distance on each training condition (`unaffected_fraction`), gives the rest.
+    ``simulate_condition(condition, control_rows)`` returns the bridges' prediction from
+    those control rows. ``observed`` maps ``(perturbation, cell_type, dose)`` to the rows to
+    compare with - the validation cells, which the bridges were not trained on (a bridge
+    that memorised its training cells matches them too well for an honest estimate); only
+    those conditions are fitted then.
+
+    With each fraction goes the bridges' predicted effect on that condition
+    (`predicted_effect`): a condition without its own estimate (held out) takes the
+    fraction of the training conditions with a similar predicted effect
+    (`unaffected_for`). A perturbation the bridges predict to change cells strongly gets
+    few unchanged cells, one they barely move is treated like the training perturbations
+    that changed little.
     """
     rng = np.random.default_rng(seed)
     per_condition = {}
@@ -214,26 +237,81 @@ def fit_unaffected(
         if len(obs) > max_cells:
             obs = np.sort(rng.choice(obs, max_cells, replace=False))
         pred = simulate_condition(cond, rows)
-        per_condition[f"{cond.perturbation}|{cond.cell_type}|{cond.dose:g}"] = (
+        ctrl = data.x[rows]
+        per_condition[condition_key(cond.perturbation, cond.cell_type, cond.dose)] = (
             cond.cell_type,
-            unaffected_fraction(pred, data.x[rows], data.x[obs]),
+            unaffected_fraction(pred, ctrl, data.x[obs]),
+            predicted_effect(pred, ctrl),
         )
     by_type: dict[str, list[float]] = {}
-    for cell_type, w in per_condition.values():
+    for cell_type, w, _ in per_condition.values():
         by_type.setdefault(cell_type, []).append(w)
-    values = [w for _, w in per_condition.values()]
+    values = [w for _, w, _ in per_condition.values()]
     return {
-        "condition": {k: w for k, (_, w) in per_condition.items()},
+        "condition": {k: w for k, (_, w, _) in per_condition.items()},
+        "effect": {k: s for k, (_, _, s) in per_condition.items() if s is not None},
         "cell_type": {ct: float(np.median(ws)) for ct, ws in by_type.items()},
         "overall": float(np.median(values)) if values else 0.0,
     }
 
 
-def unaffected_for(fractions: dict | None, perturbation: str, cell_type: str, dose: float) -> float:
-    """The unaffected fraction of one condition from `fit_unaffected`'s result (0 when None)."""
+def condition_key(perturbation: str, cell_type: str, dose: float) -> str:
+    return f"{perturbation}|{cell_type}|{dose:g}"
+
+
+def unaffected_by_effect(fractions: dict, effect: float) -> float | None:
+    """The mean unaffected fraction of the training conditions whose predicted effect is
+    nearest ``effect`` in log scale (the nearest sqrt(n), at least 3); None with fewer than
+    3 training conditions to learn from."""
+    effects = fractions.get("effect") or {}
+    keys = [k for k in effects if k in fractions["condition"]]
+    if len(keys) < 3:
+        return None
+    known = np.log(np.maximum([effects[k] for k in keys], 1e-3))
+    distance = np.abs(known - np.log(max(effect, 1e-3)))
+    k = max(3, int(np.ceil(np.sqrt(len(keys)))))
+    nearest = np.argsort(distance, kind="stable")[:k]
+    return float(np.mean([fractions["condition"][keys[i]] for i in nearest]))
+
+
+def unaffected_for(
+    fractions: dict | None,
+    perturbation: str,
+    cell_type: str,
+    dose: float,
+    effect: float | None = None,
+) -> float:
+    """The unaffected fraction of one condition from `fit_unaffected`'s result (0 when None).
+
+    A training condition has its own. Any other takes the fraction of the training
+    conditions with a similar predicted ``effect`` (`unaffected_by_effect`) when the effect
+    is given, else the median of its cell type's training conditions, else of all.
+    """
+    return unaffected_source(fractions, perturbation, cell_type, dose, effect)[0]
+
+
+def unaffected_source(
+    fractions: dict | None,
+    perturbation: str,
+    cell_type: str,
+    dose: float,
+    effect: float | None = None,
+) -> tuple[float, str]:
+    """`unaffected_for` and a phrase saying where the fraction comes from."""
     if not fractions:
-        return 0.0
-    own = fractions["condition"].get(f"{perturbation}|{cell_type}|{dose:g}")
+        return 0.0, "every cell responds"
+    own = fractions["condition"].get(condition_key(perturbation, cell_type, dose))
     if own is not None:
-        return float(own)
-    return float(fractions["cell_type"].get(cell_type, fractions["overall"]))
+        return float(own), "fitted on this training condition's observed cells"
+    if effect is not None:
+        w = unaffected_by_effect(fractions, effect)
+        if w is not None:
+            return w, (
+                f"from the training conditions with a predicted effect like this one's "
+                f"(energy distance {effect:.2f} from the control cells)"
+            )
+    if cell_type in fractions["cell_type"]:
+        return float(fractions["cell_type"][cell_type]), (
+            f"the median of the training perturbations in {cell_type}"
+        )
+    return float(fractions["overall"]), "the median of all training conditions"

@@ -39,6 +39,9 @@ class OTConfig:
     stop_thr: float = 1e-6
 
 
+ONOFF_SAMPLERS = ("endpoint", "sequential")
+
+
 @dataclass(frozen=True)
 class BridgeConfig:
     """The two bridges: Brownian bridge (SDE) and on/off CTMC."""
@@ -48,6 +51,10 @@ class BridgeConfig:
     steps: int = 50
     discrete: bool = True  # False: continuous bridge only (the ablation)
     disc_weight: float = 1.0  # lambda in L = L_cont + lambda * L_disc
+    # how sampling draws the on/off endpoint d1: "endpoint" - every gene at once from
+    # p(d1 | control cell), then uniform switch times; "sequential" - each gene at its switch
+    # time given the genes switched before it (see `sample.simulate`)
+    onoff: str = "endpoint"
 
 
 @dataclass(frozen=True)
@@ -149,6 +156,10 @@ class RunConfig:
             (self.ot.n_pcs >= 1, f"n_pcs must be >= 1, got {self.ot.n_pcs}"),
             (self.bridge.sigma > 0, f"sigma must be > 0, got {self.bridge.sigma}"),
             (self.bridge.steps >= 1, f"steps must be >= 1, got {self.bridge.steps}"),
+            (
+                self.bridge.onoff in ONOFF_SAMPLERS,
+                f"onoff must be one of {', '.join(ONOFF_SAMPLERS)}, got {self.bridge.onoff!r}",
+            ),
             (self.data.n_genes >= 1, f"n_genes must be >= 1, got {self.data.n_genes}"),
             (
                 0 <= self.data.holdout_fraction < 1,

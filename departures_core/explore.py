@@ -349,19 +349,12 @@ def warm_up() -> None:
 def responder_note(run, cells: ConditionCells) -> str | None:
     """One sentence on the share of this condition's cells predicted not to respond, and where
     that share comes from; None when every cell responds (no ``responders.json``)."""
-    from .calibration import unaffected_for
-
-    fractions = getattr(run, "unaffected", None)
-    if not fractions:
+    responders = cells.simulation.responders
+    if not responders:
         return None
-    w = unaffected_for(fractions, cells.perturbation, cells.cell_type, cells.dose)
-    key = f"{cells.perturbation}|{cells.cell_type}|{cells.dose:g}"
-    if key in fractions["condition"]:
-        source = "fitted on this training condition's observed cells"
-    elif cells.cell_type in fractions["cell_type"]:
-        source = f"the median of the training perturbations in {cells.cell_type}"
-    else:
-        source = "the median of all training conditions"
+    w, source = responders.get(
+        (cells.perturbation, cells.cell_type, cells.dose), next(iter(responders.values()))
+    )
     shown = cells.simulation.unchanged
     drawn = f" ({int(shown.sum()):,} of {len(shown):,} shown)" if shown is not None else ""
     return (

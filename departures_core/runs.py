@@ -19,7 +19,7 @@ from .config import RunConfig
 from .data import PerturbationData, Split, populations
 from .errors import ConfigError, DeparturesError, RunError, UnknownPerturbationError
 from .model import Departures, atomic_write_text, encode, remove_partial_writes
-from .sample import Simulation, simulate
+from .sample import Simulation, draw_unchanged, keep_unchanged, simulate
 from .train import fit, load_model, resolve_device, validation_split
 
 # cells x genes x (steps + 1) values a trajectory may hold (float32: ~0.8 GB, plus copies);
@@ -142,6 +142,7 @@ def write_responders(
             sigma=model.config.bridge.sigma,
             seed=model.config.seed,
             device=device,
+            onoff=model.config.bridge.onoff,
         ).prediction
 
     fractions = calibration.fit_unaffected(
@@ -149,6 +150,19 @@ def write_responders(
     )
     atomic_write_text(run_dir / keys.RESPONDERS_FILE, json.dumps(fractions, indent=1))
     return fractions
+
+
+def refit_responders(
+    run_dir: str | Path, device: str = "cpu", config: RunConfig | None = None
+) -> dict:
+    """Fit a finished run's non-responders again (`write_responders`) on the same validation
+    cells it kept out of training; for a run whose ``responders.json`` predates a change of
+    how they are fitted (or of its sampling settings, ``config``)."""
+    run = open_run(run_dir)
+    if config is not None:
+        run.model.config = config
+    _, validation = validation_split(run.data, run.config.train.validation, run.config.seed)
+    return write_responders(run.model, run.data, validation, run.path, resolve_device(device))
 
 
 def read_responders(run_dir: Path) -> dict | None:
@@ -378,25 +392,36 @@ def simulate_from(
 ) -> Simulation:
     """Simulate the run's bridges from data rows ``start`` (control cells), one condition
     ``(perturbation, cell_type, dose)`` per row. Cells drawn as non-responders (the run's
-    unaffected fraction of the condition) stay their control cell; ``responders=False``
-    simulates every cell with the bridges."""
-    from .calibration import unaffected_for
+    unaffected fraction of the condition, `calibration.unaffected_for`; for a condition
+    without its own, read off the bridges' predicted effect) stay their control cell;
+    ``responders=False`` simulates every cell with the bridges."""
+    from .calibration import predicted_effect, unaffected_source
 
     model = run.model
-    unaffected = None
-    if responders and run.unaffected:
-        unaffected = np.array([unaffected_for(run.unaffected, *row) for row in rows])
-    return simulate(
+    x0 = run.data.x[start]
+    sim = simulate(
         model.net,
-        run.data.x[start],
+        x0,
         encode(model.vocab, rows),
         steps=steps,
         sigma=model.config.bridge.sigma,
         seed=seed,
         trajectory=trajectory,
         device=resolve_device(device),
-        unaffected=unaffected,
+        onoff=model.config.bridge.onoff,
     )
+    if responders and run.unaffected:
+        groups, fractions, sim.responders = [], [], {}
+        for row in dict.fromkeys(rows):
+            idx = np.array([i for i, r in enumerate(rows) if r == row])
+            effect = predicted_effect(sim.prediction[idx], x0[idx])
+            w, source = unaffected_source(run.unaffected, *row, effect=effect)
+            groups.append(idx)
+            fractions.append(w)
+            sim.responders[row] = (w, source)
+        keep = draw_unchanged(groups, fractions, len(rows), seed)
+        keep_unchanged(sim, np.asarray(x0, dtype=np.float32), keep)
+    return sim
 
 
 def check_trajectory_size(n_cells: int, n_genes: int, steps: int) -> None:

@@ -36,6 +36,8 @@ class Simulation:
     x_path: np.ndarray | None = None
     d_path: np.ndarray | None = None
     unchanged: np.ndarray | None = None  # (n,) bool: cells predicted not to respond
+    # (perturbation, cell_type, dose) -> (unaffected fraction, where it comes from)
+    responders: dict | None = None
 
 
 @torch.no_grad()
@@ -48,6 +50,7 @@ def _simulate_chunk(
     sigma: float,
     generator: torch.Generator,
     trajectory: bool,
+    onoff: str = "endpoint",
 ):
     """The on/off bridge first (it needs only the control cell), then the expression bridge
     given its endpoint ``d1``, as in training (see `DeparturesNet`)."""
@@ -57,7 +60,19 @@ def _simulate_chunk(
     embs = [net.embed(cond_emb, tt) for tt in times]
     d = (x0 > 0).to(x0.dtype)
     ds = [d.cpu()]
-    if net.disc is not None:
+    if net.disc is not None and onoff == "endpoint":
+        # every gene's endpoint from p(d1 | control cell), then the mixture path to it
+        none = torch.zeros(d.shape, dtype=torch.bool, device=d.device)
+        p1 = torch.sigmoid(net.activation_logits(d, none, x0, embs[0]))
+        u = torch.rand(d.shape, generator=generator, device=d.device)
+        d1 = (u < p1).to(d.dtype)
+        if trajectory:
+            tau = torch.rand(d.shape, generator=generator, device=d.device)
+            ds += [
+                torch.where(tau < (k + 1) * h, d1, ds[0].to(d.device)).cpu() for k in range(steps)
+            ]
+        d = d1
+    elif net.disc is not None:
         switched = torch.zeros(d.shape, dtype=torch.bool, device=d.device)
         for k in range(steps):
             p1 = torch.sigmoid(net.activation_logits(d, switched, x0, embs[k]))
@@ -94,13 +109,21 @@ def simulate(
     trajectory: bool = False,
     device: torch.device | str = "cpu",
     chunk: int = 2048,
-    unaffected: np.ndarray | None = None,
+    onoff: str = "endpoint",
 ) -> Simulation:
     """Simulate both bridges from control cells ``x0`` (shape (n, n_genes)) under ``cond``.
 
-    ``cond`` has one row per cell. ``unaffected`` (shape (n,)) is each cell's probability of
-    not responding (`calibration.fit_unaffected`): such a cell stays its control cell, on the
-    whole path. The same ``seed`` gives the same samples.
+    ``cond`` has one row per cell. The same ``seed`` gives the same samples. Non-responders
+    are added afterwards (`keep_unchanged`, as `runs.simulate_from` does).
+
+    ``onoff`` says how the on/off endpoint ``d1`` is drawn. ``"endpoint"`` (the default):
+    every gene at once from the network's p(d1 = 1 | control cell) (nothing switched yet),
+    then each gene switches at a uniform time - the mixture path to that endpoint.
+    ``"sequential"``: each gene at its own switch time from p(d1 | the genes switched
+    before it) (`ctmc.step`), which carries gene-gene dependence but compounds the
+    network's errors over 50 draws: measured on the three datasets (3 seeds), it moved the
+    active genes per cell of training conditions by -10 % on Kang and +8 % on Zhao where
+    the endpoint draw stays within 3 %.
     """
     if steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
@@ -119,6 +142,7 @@ def simulate(
             sigma=sigma,
             generator=gen,
             trajectory=trajectory,
+            onoff=onoff,
         )
         out_x.append(x.cpu())
         out_d.append(d.cpu() if d is not None else None)
@@ -132,14 +156,27 @@ def simulate(
     if trajectory:
         sim.x_path = torch.cat(paths_x, 1).numpy()
         sim.d_path = torch.cat(paths_d, 1).numpy().astype(np.uint8)
-    if unaffected is not None:
-        _keep_unchanged(sim, np.asarray(x0, dtype=np.float32), unaffected, seed)
     return sim
 
 
-def _keep_unchanged(sim: Simulation, x0: np.ndarray, unaffected: np.ndarray, seed: int) -> None:
-    """Replace the cells drawn as non-responders by their control cells, in place."""
-    keep = np.random.default_rng([int(seed), 1]).random(len(x0)) < np.asarray(unaffected)
+def draw_unchanged(groups: list[np.ndarray], fractions: list[float], n: int, seed: int):
+    """Which of ``n`` cells do not respond: in each group of rows (one condition), a random
+    ``fraction`` of them - exactly ``floor(fraction * size)`` or one more, with the
+    probability that makes the expected count ``fraction * size``. Drawing a count rather
+    than each cell on its own keeps the share shown equal to the fraction, and the
+    prediction's mean shift from sampling noise."""
+    rng = np.random.default_rng([int(seed), 1])
+    keep = np.zeros(n, dtype=bool)
+    for rows, w in zip(groups, fractions, strict=True):
+        expected = float(np.clip(w, 0.0, 1.0)) * len(rows)
+        count = int(expected) + int(rng.random() < expected - int(expected))
+        keep[rng.permutation(rows)[:count]] = True
+    return keep
+
+
+def keep_unchanged(sim: Simulation, x0: np.ndarray, keep: np.ndarray) -> None:
+    """Replace the cells ``keep`` (bool, shape (n,)) by their control cells, on the whole
+    path, in place."""
     sim.unchanged = keep
     if not keep.any():
         return

@@ -71,9 +71,16 @@ def test_a_perturbation_that_changes_nothing_is_reproduced_near_the_noise_floor(
     assert set(nulls["cell_type"]) == {"k562", "A172"}
     assert (nulls["e_distance"] <= 0.2).all()
     assert (nulls["e_distance"] <= nulls["e_distance_control"] + 0.1).all()
+    # more of its cells are left unchanged than of the perturbations with a clear effect
     fractions = calibrated_run.unaffected
     unaffected = [calibration.unaffected_for(fractions, NULL, ct, 0.0) for ct in ("k562", "A172")]
-    assert min(unaffected) > 0.25 and max(unaffected) > 0.5  # fitted on 10 validation cells
+    clear = table[(table["split"] == "train") & (table["e_distance_control"] > 0.5)]
+    effects = [
+        calibration.unaffected_for(fractions, r.perturbation, r.cell_type, 0.0)
+        for r in clear.itertuples()
+    ]
+    assert len(effects) >= 5
+    assert np.mean(unaffected) > np.median(effects) + 0.1, (unaffected, effects)
 
 
 def test_the_report_names_every_condition_of_both_splits(calibrated_run, table):
@@ -94,6 +101,51 @@ def test_unaffected_fraction_recovers_a_known_mixture():
         obs = np.concatenate([rng.normal(0.0, 1.0, (n, 20)), responders[: 400 - n] + 0.0])
         pred = rng.normal(0.0, 1.0, (400, 20)) + 2.0
         assert calibration.unaffected_fraction(pred, ctrl, obs) == pytest.approx(w, abs=0.08)
+
+
+def test_held_out_conditions_take_the_fraction_of_training_conditions_with_a_like_effect():
+    keys_ = [f"P{i}|k562|0" for i in range(8)]
+    effects = [0.1, 0.12, 0.15, 0.2, 0.8, 1.0, 1.2, 1.5]  # four nulls, four strong effects
+    fractions = {
+        "condition": dict(zip(keys_, [1.0, 0.9, 1.0, 0.8, 0.0, 0.1, 0.0, 0.0], strict=True)),
+        "effect": dict(zip(keys_, effects, strict=True)),
+        "cell_type": {"k562": 0.45},
+        "overall": 0.45,
+    }
+    strong = calibration.unaffected_for(fractions, "NEW", "k562", 0.0, effect=1.1)
+    weak = calibration.unaffected_for(fractions, "NEW", "k562", 0.0, effect=0.13)
+    assert strong < 0.1 and weak > 0.85
+    assert calibration.unaffected_for(fractions, "NEW", "k562", 0.0, effect=5.0) < 0.05
+    # no effect size (too few cells simulated): the cell type's median, as before
+    assert calibration.unaffected_for(fractions, "NEW", "k562", 0.0) == 0.45
+    assert calibration.unaffected_for(fractions, "P0", "k562", 0.0, effect=1.5) == 1.0
+    # a run fitted before effect sizes were recorded
+    old = {k: v for k, v in fractions.items() if k != "effect"}
+    assert calibration.unaffected_for(old, "NEW", "k562", 0.0, effect=1.1) == 0.45
+
+
+def test_the_share_of_non_responders_drawn_is_the_fraction():
+    from departures_core.sample import draw_unchanged
+
+    groups = [np.arange(0, 100), np.arange(100, 150), np.arange(150, 153)]
+    keep = draw_unchanged(groups, [0.3, 1.0, 0.0], 153, seed=4)
+    assert keep[:100].sum() == 30 and keep[100:150].all() and not keep[150:].any()
+    # a fraction of a cell is drawn with that probability: the expected count is exact
+    counts = [draw_unchanged([np.arange(10)], [0.25], 10, seed=s).sum() for s in range(400)]
+    assert set(counts) == {2, 3} and np.mean(counts) == pytest.approx(2.5, abs=0.1)
+    assert not np.array_equal(keep, draw_unchanged(groups, [0.3, 1.0, 0.0], 153, seed=5))
+
+
+def test_a_held_out_condition_reports_where_its_fraction_comes_from(calibrated_run):
+    data = calibrated_run.data
+    cond = data.find("KLF1", "k562")
+    row = (cond.perturbation, cond.cell_type, cond.dose)
+    sim = runs.simulate_from(calibrated_run, cond.control, [row] * len(cond.control), steps=10)
+    w, source = sim.responders[row]
+    assert "predicted effect" in source
+    assert 0.0 <= w <= 1.0
+    assert "effect" in calibrated_run.unaffected
+    assert set(calibrated_run.unaffected["effect"]) == set(calibrated_run.unaffected["condition"])
 
 
 def test_non_responders_stay_their_control_cells_on_the_whole_path(calibrated_run):
@@ -134,4 +186,4 @@ def test_evaluate_command_writes_the_calibration_report(calibrated_run, tmp_path
     methods = set(pd.read_csv(out / "metrics.csv")["method"])
     assert methods == {"departures", "control", "mean_shift", "pooled_perturbed"}
     fractions = json.loads((calibrated_run.path / keys.RESPONDERS_FILE).read_text())
-    assert set(fractions) == {"condition", "cell_type", "overall"}
+    assert set(fractions) == {"condition", "effect", "cell_type", "overall"}

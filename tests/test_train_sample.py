@@ -11,9 +11,10 @@ import pytest
 import torch
 
 import departures_core
-from departures_core import keys, runs, train
+from departures_core import keys, runs, sample, train
 from departures_core.config import BridgeConfig, DataConfig, ModelConfig, RunConfig, TrainConfig
 from departures_core.errors import RunError, UnknownPerturbationError
+from departures_core.model import encode
 
 HISTORY_FIELDS = ["step", "epoch", "loss_cont", "loss_disc", "loss", "seconds"]
 
@@ -296,14 +297,17 @@ def test_auto_epochs_give_the_default_steps_and_explicit_epochs_win():
 # ---------------------------------------------------------------- on/off bridge
 def test_on_off_state_of_the_endpoint_is_reproduced(tmp_path):
     """Genes on in 30 % of control cells and 70 % of perturbed ones, independently: the
-    sampled endpoint has them on in about 70 % of cells. Drawing each gene at its switch time
-    from p(d1 | d_t) alone (no switch mask) gave 63 % here."""
+    sampled endpoint has them on in about 70 % of cells, with either on/off sampler. Drawing
+    each gene at its switch time from p(d1 | d_t) alone (a network that does not see which
+    genes have switched) gave 63 % here."""
     rng = np.random.default_rng(0)
     n, g = 600, 24
     on = np.concatenate([rng.random((n, g)) < 0.3, rng.random((n, g)) < 0.7])
     counts = (on * (1 + rng.poisson(4.0, on.shape))).astype(np.float32)
     labels = ["control"] * n + ["UP"] * n
-    adata = ad.AnnData(counts, obs=pd.DataFrame({"condition": labels}, index=map(str, range(2 * n))))
+    adata = ad.AnnData(
+        counts, obs=pd.DataFrame({"condition": labels}, index=map(str, range(2 * n)))
+    )
     adata.var_names = [f"g{i}" for i in range(g)]
     config = RunConfig(
         model=ModelConfig(hidden=64, cond_dim=32),
@@ -313,10 +317,19 @@ def test_on_off_state_of_the_endpoint_is_reproduced(tmp_path):
     runs.train(adata, config, tmp_path / "run", progress_bar=False)
     run = runs.open_run(tmp_path / "run")
     cond = run.data.find("UP", run.data.conditions[0].cell_type)
-    sim = runs.simulate_from(
-        run, cond.control, [(cond.perturbation, cond.cell_type, cond.dose)] * len(cond.control),
-        steps=50, responders=False,
-    )
-    assert (run.data.x[cond.control] > 0).mean() == pytest.approx(0.3, abs=0.03)
-    assert sim.d1_hat.mean() == pytest.approx(0.7, abs=0.04)
-    assert (sim.prediction > 0).mean() == pytest.approx(0.7, abs=0.04)
+    x0 = run.data.x[cond.control]
+    assert (x0 > 0).mean() == pytest.approx(0.3, abs=0.03)
+    cond_rows = encode(run.model.vocab, [(cond.perturbation, cond.cell_type, cond.dose)] * len(x0))
+    for onoff in ("endpoint", "sequential"):
+        sim = sample.simulate(run.model.net, x0, cond_rows, steps=50, onoff=onoff, trajectory=True)
+        assert sim.d1_hat.mean() == pytest.approx(0.7, abs=0.04), onoff
+        assert (sim.prediction > 0).mean() == pytest.approx(0.7, abs=0.04), onoff
+        # the path: control state at t = 0, the endpoint at t = 1, each gene switching once
+        # at a uniform time, so a share t of the genes is in its endpoint state at time t
+        path = sim.d_path
+        np.testing.assert_array_equal(path[0], (x0 > 0).astype(np.uint8))
+        np.testing.assert_array_equal(path[-1], sim.d1_hat.astype(np.uint8))
+        differs = path[0] != path[-1]
+        for k in (10, 25, 40):
+            at_end = (path[k] == path[-1])[differs].mean()
+            assert at_end == pytest.approx(k / 50, abs=0.05), (onoff, k)
