@@ -121,9 +121,10 @@ def simulate(
     then each gene switches at a uniform time - the mixture path to that endpoint.
     ``"sequential"``: each gene at its own switch time from p(d1 | the genes switched
     before it) (`ctmc.step`), which carries gene-gene dependence but compounds the
-    network's errors over 50 draws: measured on the three datasets (3 seeds), it moved the
-    active genes per cell of training conditions by -10 % on Kang and +8 % on Zhao where
-    the endpoint draw stays within 3 %.
+    network's errors over 50 draws: it moved the active genes per cell of training
+    conditions (bridges alone) by -10 % on Kang and +8 % on Zhao where the endpoint draw
+    stays within 3 % (one seed each), and the median total expression on Kang (3 seeds,
+    with non-responders) by -3.1 % against -1.9 %.
     """
     if steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
