@@ -3,7 +3,8 @@
     python bench/train_speed.py [--repeats 3] [--skip-cli]
 
 Prints one table: training cells/s (OT pairing, and random pairing as the baseline
-measured in the same run), sampling cells/s (50 steps), and the wall time of the
+measured in the same run), sampling cells/s (50 steps; the on/off endpoint drawn at once, and
+the sequential on/off draws as the baseline), and the wall time of the
 default ``python -m departures_core train`` on the demo data. Medians over repeats.
 """
 
@@ -41,14 +42,16 @@ def train_rate(data, config: RunConfig, device: str, epochs: int = 3) -> float:
     return sum(len(c.perturbed) for c in data.train_conditions()) * epochs / seconds
 
 
-def sample_rate(data, config: RunConfig, device: str, n_cells: int = 2000) -> float:
+def sample_rate(
+    data, config: RunConfig, device: str, n_cells: int = 2000, onoff: str = "endpoint"
+) -> float:
     model = Departures.build(data, config)
     conds = data.heldout_conditions() or data.train_conditions()
     cond = conds[0]
     rows = condition_rows([cond]) * n_cells
     x0 = data.x[np.random.default_rng(0).choice(cond.control, n_cells)]
     start = time.perf_counter()
-    simulate(model.net, x0, encode(model.vocab, rows), steps=50, device=device)
+    simulate(model.net, x0, encode(model.vocab, rows), steps=50, device=device, onoff=onoff)
     return n_cells / (time.perf_counter() - start)
 
 
@@ -90,8 +93,9 @@ def main() -> None:
             )
             rates = [train_rate(data, cfg, device) for _ in range(args.repeats)]
             rows.append((device, f"train cells/s, {label}", statistics.median(rates)))
-        rates = [sample_rate(data, base, device) for _ in range(args.repeats)]
-        rows.append((device, "sample cells/s, 50 steps", statistics.median(rates)))
+        for label, onoff in (("", "endpoint"), (", sequential on/off", "sequential")):
+            rates = [sample_rate(data, base, device, onoff=onoff) for _ in range(args.repeats)]
+            rows.append((device, f"sample cells/s, 50 steps{label}", statistics.median(rates)))
     if not args.skip_cli:
         times = [cli_wall_time() for _ in range(max(1, args.repeats // 2))]
         rows.append(("cpu", "default `train` on demo, wall s", statistics.median(times)))
