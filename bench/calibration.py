@@ -37,7 +37,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 from quality import DATA, DATASETS, format_table  # noqa: E402
 
-from departures_core import calibration, evaluate, io, runs  # noqa: E402
+from departures_core import calibration, evaluate, io, responders, runs  # noqa: E402
 from departures_core.config import RunConfig  # noqa: E402
 
 HELD_OUT_COLUMNS = ("e_distance", "emd", "e_distance_de20", "activation_pcc", "pearson_delta_de20")
@@ -79,7 +79,7 @@ def run_one(name: str, seed: int, out: Path, overrides: list[str], refit: bool =
         if sampling:  # a sampling setting also applies to a run trained before
             run.model.config = with_overrides(run.model.config, sampling)
         if refit:
-            run.unaffected = runs.refit_responders(run_dir, config=run.model.config)
+            responders.refit(run, device="cpu")
         calib = evaluate.calibrate_run(run, seed=seed, progress=False)
         ev = evaluate.evaluate_run(run, seed=seed, progress=False)
     ev.save(run_dir / "eval")

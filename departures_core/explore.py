@@ -346,15 +346,12 @@ def warm_up() -> None:
     Reducer().fit(x).transform(x[:4])
 
 
-def responder_note(run, cells: ConditionCells) -> str | None:
+def responder_note(cells: ConditionCells) -> str | None:
     """One sentence on the share of this condition's cells predicted not to respond, and where
     that share comes from; None when every cell responds (no ``responders.json``)."""
-    responders = cells.simulation.responders
-    if not responders:
+    if not cells.simulation.responders:
         return None
-    w, source = responders.get(
-        (cells.perturbation, cells.cell_type, cells.dose), next(iter(responders.values()))
-    )
+    w, source = cells.simulation.responders[(cells.perturbation, cells.cell_type, cells.dose)]
     shown = cells.simulation.unchanged
     drawn = f" ({int(shown.sum()):,} of {len(shown):,} shown)" if shown is not None else ""
     return (

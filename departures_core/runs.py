@@ -14,12 +14,13 @@ import numpy as np
 import pandas as pd
 import torch
 
-from . import io, keys, pp
+from . import io, keys, pp, responders
 from .config import RunConfig
 from .data import PerturbationData, Split, populations
 from .errors import ConfigError, DeparturesError, RunError, UnknownPerturbationError
-from .model import Departures, atomic_write_text, encode, remove_partial_writes
-from .sample import Simulation, draw_unchanged, keep_unchanged, simulate
+from .model import Departures, atomic_write_text, remove_partial_writes
+from .responders import draw as draw_non_responders
+from .sample import Simulation, simulate_rows
 from .train import fit, load_model, resolve_device, validation_split
 
 # cells x genes x (steps + 1) values a trajectory may hold (float32: ~0.8 GB, plus copies);
@@ -118,61 +119,12 @@ def _fit_reporting(model, data, run_dir, device, state, callback, should_stop, p
             should_stop=stop,
         )
         if not stop():  # a stopped run is fitted when it finishes (resume)
-            write_responders(model, data, validation, run_dir, device)
+            responders.write(model, data, validation, run_dir, device)
     except BaseException as exc:  # the app reads the failure from progress.json
         reporter.fail(exc)
         raise
     reporter.finish(history, stopped=stop())
     return history
-
-
-def write_responders(
-    model: Departures, data: PerturbationData, validation: dict, run_dir: Path, device
-) -> dict:
-    """Fit the unaffected fraction of each training condition (`calibration.fit_unaffected`)
-    on its validation cells (kept out of training), save it as ``responders.json``."""
-    from . import calibration
-
-    def bridges(cond, rows):
-        return simulate(
-            model.net,
-            data.x[rows],
-            encode(model.vocab, [(cond.perturbation, cond.cell_type, cond.dose)] * len(rows)),
-            steps=model.config.bridge.steps,
-            sigma=model.config.bridge.sigma,
-            seed=model.config.seed,
-            device=device,
-            onoff=model.config.bridge.onoff,
-        ).prediction
-
-    fractions = calibration.fit_unaffected(
-        data, bridges, observed=validation, seed=model.config.seed
-    )
-    atomic_write_text(run_dir / keys.RESPONDERS_FILE, json.dumps(fractions, indent=1))
-    return fractions
-
-
-def refit_responders(
-    run_dir: str | Path, device: str = "cpu", config: RunConfig | None = None
-) -> dict:
-    """Fit a finished run's non-responders again (`write_responders`) on the same validation
-    cells it kept out of training; for a run whose ``responders.json`` predates a change of
-    how they are fitted (or of its sampling settings, ``config``)."""
-    run = open_run(run_dir)
-    if config is not None:
-        run.model.config = config
-    _, validation = validation_split(run.data, run.config.train.validation, run.config.seed)
-    return write_responders(run.model, run.data, validation, run.path, resolve_device(device))
-
-
-def read_responders(run_dir: Path) -> dict | None:
-    """The run's unaffected fractions; None (every cell responds) when absent or unreadable."""
-    path = Path(run_dir) / keys.RESPONDERS_FILE
-    try:
-        fractions = json.loads(path.read_text())
-        return fractions if {"condition", "cell_type", "overall"} <= set(fractions) else None
-    except (OSError, ValueError, TypeError):
-        return None
 
 
 @contextmanager
@@ -312,7 +264,7 @@ def open_run(run_dir: str | Path) -> Run:
     data = open_data(run_dir, model.config, model.split)
     if list(data.genes) != list(model.vocab.genes):
         raise RunError(f"{run_dir}: the saved data's genes differ from the model's genes.")
-    return Run(run_dir, model, data, int(state["epoch"]), read_responders(run_dir))
+    return Run(run_dir, model, data, int(state["epoch"]), responders.read(run_dir))
 
 
 def predict(
@@ -395,32 +347,18 @@ def simulate_from(
     unaffected fraction of the condition, `calibration.unaffected_for`; for a condition
     without its own, read off the bridges' predicted effect) stay their control cell;
     ``responders=False`` simulates every cell with the bridges."""
-    from .calibration import predicted_effect, unaffected_source
-
-    model = run.model
     x0 = run.data.x[start]
-    sim = simulate(
-        model.net,
+    sim = simulate_rows(
+        run.model,
         x0,
-        encode(model.vocab, rows),
+        rows,
         steps=steps,
-        sigma=model.config.bridge.sigma,
         seed=seed,
         trajectory=trajectory,
         device=resolve_device(device),
-        onoff=model.config.bridge.onoff,
     )
     if responders and run.unaffected:
-        groups, fractions, sim.responders = [], [], {}
-        for row in dict.fromkeys(rows):
-            idx = np.array([i for i, r in enumerate(rows) if r == row])
-            effect = predicted_effect(sim.prediction[idx], x0[idx])
-            w, source = unaffected_source(run.unaffected, *row, effect=effect)
-            groups.append(idx)
-            fractions.append(w)
-            sim.responders[row] = (w, source)
-        keep = draw_unchanged(groups, fractions, len(rows), seed)
-        keep_unchanged(sim, np.asarray(x0, dtype=np.float32), keep)
+        draw_non_responders(sim, run.unaffected, rows, x0, seed)
     return sim
 
 

@@ -9,6 +9,7 @@ import torch
 from torch import Tensor
 
 from .bridges import ctmc, sde
+from .model import Departures, encode
 from .nn import CondTensors, DeparturesNet
 
 
@@ -58,20 +59,17 @@ def _simulate_chunk(
     cond_emb = net.encoder(cond)
     times = [torch.full((len(x0), 1), k * h, device=x0.device) for k in range(steps)]
     embs = [net.embed(cond_emb, tt) for tt in times]
-    d = (x0 > 0).to(x0.dtype)
-    ds = [d.cpu()]
+    d0 = d = (x0 > 0).to(x0.dtype)
+    ds = [d0.cpu()]
     if net.disc is not None and onoff == "endpoint":
         # every gene's endpoint from p(d1 | control cell), then the mixture path to it
-        none = torch.zeros(d.shape, dtype=torch.bool, device=d.device)
-        p1 = torch.sigmoid(net.activation_logits(d, none, x0, embs[0]))
-        u = torch.rand(d.shape, generator=generator, device=d.device)
-        d1 = (u < p1).to(d.dtype)
+        none = torch.zeros(d0.shape, dtype=torch.bool, device=d0.device)
+        p1 = torch.sigmoid(net.activation_logits(d0, none, x0, embs[0]))
+        u = torch.rand(d0.shape, generator=generator, device=d0.device)
+        d = (u < p1).to(d0.dtype)
         if trajectory:
-            tau = torch.rand(d.shape, generator=generator, device=d.device)
-            ds += [
-                torch.where(tau < (k + 1) * h, d1, ds[0].to(d.device)).cpu() for k in range(steps)
-            ]
-        d = d1
+            tau = torch.rand(d0.shape, generator=generator, device=d0.device)
+            ds += [torch.where(tau < (k + 1) * h, d, d0).cpu() for k in range(steps)]
     elif net.disc is not None:
         switched = torch.zeros(d.shape, dtype=torch.bool, device=d.device)
         for k in range(steps):
@@ -158,6 +156,32 @@ def simulate(
         sim.x_path = torch.cat(paths_x, 1).numpy()
         sim.d_path = torch.cat(paths_d, 1).numpy().astype(np.uint8)
     return sim
+
+
+def simulate_rows(
+    model: Departures,
+    x0: np.ndarray,
+    rows: list[tuple[str, str, float]],
+    *,
+    steps: int,
+    seed: int = 0,
+    trajectory: bool = False,
+    device: torch.device | str = "cpu",
+) -> Simulation:
+    """`simulate` a model's bridges from control cells ``x0``, one condition
+    ``(perturbation, cell_type, dose)`` per row, with the model's bridge settings."""
+    bridge = model.config.bridge
+    return simulate(
+        model.net,
+        x0,
+        encode(model.vocab, rows),
+        steps=steps,
+        sigma=bridge.sigma,
+        seed=seed,
+        trajectory=trajectory,
+        device=device,
+        onoff=bridge.onoff,
+    )
 
 
 def draw_unchanged(groups: list[np.ndarray], fractions: list[float], n: int, seed: int):

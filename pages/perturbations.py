@@ -77,7 +77,7 @@ st.caption(
 held = [c.perturbation for c in cells if c.held_out]
 if held:
     st.caption(f"Never trained on (held out): {sidebar.escape(', '.join(held))}.")
-for note in filter(None, (explore.responder_note(run, c) for c in cells)):
+for note in filter(None, (explore.responder_note(c) for c in cells)):
     st.caption(sidebar.escape(note))
 
 st.subheader("Metrics against the baselines")

@@ -1,0 +1,79 @@
+"""A run's non-responders: fitted when training finishes (``responders.json``), read with the
+run, and drawn into every simulation of it. The estimates themselves are in `calibration`."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from . import calibration, keys
+from .data import PerturbationData
+from .model import Departures, atomic_write_text
+from .sample import Simulation, draw_unchanged, keep_unchanged, simulate_rows
+from .train import validation_split
+
+
+def write(
+    model: Departures, data: PerturbationData, validation: dict, run_dir: Path, device
+) -> dict:
+    """Fit the unaffected fraction of each training condition (`calibration.fit_unaffected`)
+    on its validation cells (kept out of training), save it as ``responders.json``."""
+
+    def bridges(cond, rows):
+        row = (cond.perturbation, cond.cell_type, cond.dose)
+        return simulate_rows(
+            model,
+            data.x[rows],
+            [row] * len(rows),
+            steps=model.config.bridge.steps,
+            seed=model.config.seed,
+            device=device,
+        ).prediction
+
+    fractions = calibration.fit_unaffected(
+        data, bridges, observed=validation, seed=model.config.seed
+    )
+    atomic_write_text(run_dir / keys.RESPONDERS_FILE, json.dumps(fractions, indent=1))
+    return fractions
+
+
+def refit(run, device) -> dict:
+    """Fit an opened run's non-responders again (`write`) on the same validation cells it
+    kept out of training, with its model's current settings; for a run whose
+    ``responders.json`` predates a change of how they are fitted or sampled."""
+    config = run.model.config
+    _, validation = validation_split(run.data, config.train.validation, config.seed)
+    run.unaffected = write(run.model, run.data, validation, run.path, device)
+    return run.unaffected
+
+
+def read(run_dir: Path) -> dict | None:
+    """The run's unaffected fractions; None (every cell responds) when absent or unreadable."""
+    path = Path(run_dir) / keys.RESPONDERS_FILE
+    try:
+        fractions = json.loads(path.read_text())
+        return fractions if {"condition", "cell_type", "overall"} <= set(fractions) else None
+    except (OSError, ValueError, TypeError):
+        return None
+
+
+def draw(sim: Simulation, fractions: dict, rows: list, x0: np.ndarray, seed: int) -> None:
+    """Draw each condition's non-responders into ``sim`` (in place): they stay their control
+    cell. A condition without its own fraction takes it from the bridges' predicted effect
+    (`calibration.unaffected_source`); ``sim.responders`` says which and from where."""
+    groups: dict[tuple, list[int]] = {}
+    for i, row in enumerate(rows):
+        groups.setdefault(row, []).append(i)
+    sim.responders = {}
+    for row, idx in groups.items():
+        effect = calibration.predicted_effect(sim.prediction[idx], x0[idx])
+        sim.responders[row] = calibration.unaffected_source(fractions, *row, effect=effect)
+    keep = draw_unchanged(
+        [np.asarray(idx) for idx in groups.values()],
+        [w for w, _ in sim.responders.values()],
+        len(rows),
+        seed,
+    )
+    keep_unchanged(sim, np.asarray(x0, dtype=np.float32), keep)
