@@ -313,8 +313,8 @@ def test_huge_trajectories_are_refused_before_simulating(run, monkeypatch, tmp_p
     def simulate(*args, **kwargs):
         raise AssertionError("simulated a request it should have refused")
 
-    real = runs.simulate
-    monkeypatch.setattr(runs, "simulate", simulate)
+    real = runs.simulate_rows
+    monkeypatch.setattr(runs, "simulate_rows", simulate)
     with pytest.raises(ConfigError) as info:
         runs.predict(run, pert, cell_type=cell_type, n_cells=11, steps=10, trajectory=True)
     assert f"11 cells × {genes} genes × 11 time points" in str(info.value)
@@ -328,7 +328,7 @@ def test_huge_trajectories_are_refused_before_simulating(run, monkeypatch, tmp_p
     assert cli.main(argv) == cli.USER_ERROR and not out.exists()
     lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: A trajectory of 20 cells")
-    monkeypatch.setattr(runs, "simulate", real)
+    monkeypatch.setattr(runs, "simulate_rows", real)
     ok = runs.predict(run, pert, cell_type=cell_type, n_cells=10, steps=10, trajectory=True)
     assert ok.obsm[keys.TRAJECTORY_X].shape == (10, 11, genes)
     assert runs.predict(run, pert, cell_type=cell_type, n_cells=11, steps=10).n_obs == 11
