@@ -219,9 +219,15 @@ def fit_unaffected(
     (`unaffected_for`). A perturbation the bridges predict to change cells strongly gets
     few unchanged cells, one they barely move is treated like the training perturbations
     that changed little.
+
+    The unchanged cells are not quite the control cells: whatever every perturbed cell of a
+    cell type shares (transduction, selection, its own batch) moves them too. ``"shift"``
+    holds, per cell type, the shift of their active genes that makes the mixture's mean
+    match the observed cells over its training conditions (`shift_terms`).
     """
     rng = np.random.default_rng(seed)
     per_condition = {}
+    shift_sums: dict[str, list] = {}
     for cond in data.train_conditions():
         if len(cond.perturbed) < min_cells or len(cond.control) < 2:
             continue
@@ -237,22 +243,57 @@ def fit_unaffected(
         if len(obs) > max_cells:
             obs = np.sort(rng.choice(obs, max_cells, replace=False))
         pred = simulate_condition(cond, rows)
-        ctrl = data.x[rows]
+        ctrl, obs_x = data.x[rows], data.x[obs]
+        w = unaffected_fraction(pred, ctrl, obs_x)
         per_condition[condition_key(cond.perturbation, cond.cell_type, cond.dose)] = (
             cond.cell_type,
-            unaffected_fraction(pred, ctrl, data.x[obs]),
+            w,
             predicted_effect(pred, ctrl),
         )
+        if w > 0:
+            num, den = shift_terms(w, pred, ctrl, obs_x)
+            sums = shift_sums.setdefault(cond.cell_type, [0.0, 0.0])
+            sums[0], sums[1] = sums[0] + num, sums[1] + den
     by_type: dict[str, list[float]] = {}
     for cell_type, w, _ in per_condition.values():
         by_type.setdefault(cell_type, []).append(w)
     values = [w for _, w, _ in per_condition.values()]
+    shifts = {ct: solve_shift(num, den) for ct, (num, den) in shift_sums.items()}
     return {
         "condition": {k: w for k, (_, w, _) in per_condition.items()},
         "effect": {k: s for k, (_, _, s) in per_condition.items() if s is not None},
         "cell_type": {ct: float(np.median(ws)) for ct, ws in by_type.items()},
         "overall": float(np.median(values)) if values else 0.0,
+        "shift": {ct: np.round(v, 5).tolist() for ct, v in shifts.items()},
     }
+
+
+# The cells that do not respond still differ from the control cells in what every perturbed
+# cell of the screen shares (transduction, selection, a batch of their own): the fit takes
+# it as the shift of their active genes that makes the mixture's mean per gene match the
+# observed one over the cell type's training conditions (least squares).
+def shift_terms(w: float, pred, ctrl, obs) -> tuple[np.ndarray, np.ndarray]:
+    """One training condition's least-squares terms of the non-responders' shift (sum them
+    over the cell type's conditions, then `solve_shift`): with a fraction ``w`` of cells
+    unchanged, the mixture ``w (ctrl + shift on active genes) + (1 - w) pred`` has the mean
+    ``w (c + f shift) + (1 - w) p`` per gene, ``f`` the controls' active fraction."""
+    a = w * (np.asarray(ctrl) > 0).mean(0, dtype=np.float64)
+    residual = obs.mean(0, dtype=np.float64) - (1 - w) * pred.mean(0, dtype=np.float64)
+    residual -= w * ctrl.mean(0, dtype=np.float64)
+    return a * residual, a * a
+
+
+def solve_shift(num: np.ndarray, den: np.ndarray) -> np.ndarray:
+    """The least-squares shift from summed `shift_terms`; 0 for a gene no term constrains."""
+    return np.where(den > 1e-6, num / np.maximum(den, 1e-6), 0.0)
+
+
+def shift_active(x: np.ndarray, shift: np.ndarray | None) -> np.ndarray:
+    """Non-responding cells: their control cells ``x`` with ``shift`` added to the active
+    genes (floored at 0); zeros stay zeros, so each keeps its control on/off state."""
+    if shift is None:
+        return x
+    return np.where(x > 0, np.maximum(x + np.asarray(shift, dtype=x.dtype), 0), 0).astype(x.dtype)
 
 
 def condition_key(perturbation: str, cell_type: str, dose: float) -> str:

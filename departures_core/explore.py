@@ -354,7 +354,12 @@ def responder_note(cells: ConditionCells) -> str | None:
     w, source = cells.simulation.responders[(cells.perturbation, cells.cell_type, cells.dose)]
     shown = cells.simulation.unchanged
     drawn = f" ({int(shown.sum()):,} of {len(shown):,} shown)" if shown is not None else ""
+    shifted = (
+        f", with the shift all perturbed {cells.cell_type} cells share"
+        if cells.cell_type in (cells.simulation.responders_shift or ())
+        else ""
+    )
     return (
         f"{cells.perturbation}: {w:.0%} of cells predicted not to respond{drawn} — {source}; "
-        "they stay their control cell."
+        f"they stay their control cell{shifted}."
     )

@@ -61,7 +61,8 @@ def read(run_dir: Path) -> dict | None:
 
 def draw(sim: Simulation, fractions: dict, rows: list, x0: np.ndarray, seed: int) -> None:
     """Draw each condition's non-responders into ``sim`` (in place): they stay their control
-    cell. A condition without its own fraction takes it from the bridges' predicted effect
+    cell, with the cell type's shift of its active genes when the fit found one
+    (`calibration.shift_active`). A condition without its own fraction takes it from the bridges' predicted effect
     (`calibration.unaffected_source`); ``sim.responders`` says which and from where."""
     groups: dict[tuple, list[int]] = {}
     for i, row in enumerate(rows):
@@ -76,4 +77,11 @@ def draw(sim: Simulation, fractions: dict, rows: list, x0: np.ndarray, seed: int
         len(rows),
         seed,
     )
-    keep_unchanged(sim, np.asarray(x0, dtype=np.float32), keep)
+    x0 = np.asarray(x0, dtype=np.float32)
+    shifts = fractions.get("shift") or {}
+    end = x0.copy()
+    for (_, cell_type, _), idx in groups.items():
+        if cell_type in shifts:
+            end[idx] = calibration.shift_active(x0[idx], shifts[cell_type])
+    keep_unchanged(sim, x0, keep, end)
+    sim.responders_shift = tuple(ct for (_, ct, _) in groups if ct in shifts)

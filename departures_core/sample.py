@@ -39,6 +39,7 @@ class Simulation:
     unchanged: np.ndarray | None = None  # (n,) bool: cells predicted not to respond
     # (perturbation, cell_type, dose) -> (unaffected fraction, where it comes from)
     responders: dict | None = None
+    responders_shift: tuple = ()  # cell types whose non-responders carry their shared shift
 
 
 @torch.no_grad()
@@ -199,16 +200,21 @@ def draw_unchanged(groups: list[np.ndarray], fractions: list[float], n: int, see
     return keep
 
 
-def keep_unchanged(sim: Simulation, x0: np.ndarray, keep: np.ndarray) -> None:
-    """Replace the cells ``keep`` (bool, shape (n,)) by their control cells, on the whole
-    path, in place."""
+def keep_unchanged(
+    sim: Simulation, x0: np.ndarray, keep: np.ndarray, end: np.ndarray | None = None
+) -> None:
+    """Replace the cells ``keep`` (bool, shape (n,)) by their control cells, in place: they end
+    at ``end`` (default ``x0``; same on/off state) and move there in a straight line."""
     sim.unchanged = keep
     if not keep.any():
         return
-    sim.prediction[keep] = x0[keep]
-    sim.x1_hat[keep] = x0[keep]
+    start = x0[keep]
+    stop = start if end is None else end[keep]
+    sim.prediction[keep] = stop
+    sim.x1_hat[keep] = stop
     if sim.d1_hat is not None:
-        sim.d1_hat[keep] = (x0[keep] > 0).astype(sim.d1_hat.dtype)
+        sim.d1_hat[keep] = (stop > 0).astype(sim.d1_hat.dtype)
     if sim.x_path is not None:
-        sim.x_path[:, keep] = x0[keep]
-        sim.d_path[:, keep] = (x0[keep] > 0).astype(np.uint8)
+        t = np.asarray(sim.t, dtype=np.float32)[:, None, None]
+        sim.x_path[:, keep] = start[None] + t * (stop - start)[None]
+        sim.d_path[:, keep] = (sim.x_path[:, keep] > 0).astype(np.uint8)

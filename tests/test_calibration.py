@@ -148,7 +148,9 @@ def test_a_held_out_condition_reports_where_its_fraction_comes_from(calibrated_r
     assert set(calibrated_run.unaffected["effect"]) == set(calibrated_run.unaffected["condition"])
 
 
-def test_non_responders_stay_their_control_cells_on_the_whole_path(calibrated_run):
+def test_non_responders_keep_their_control_cell_and_on_off_state_on_the_whole_path(
+    calibrated_run,
+):
     data = calibrated_run.data
     cond = data.find(NULL, "k562")
     rows = [(NULL, "k562", cond.dose)] * len(cond.control)
@@ -156,11 +158,46 @@ def test_non_responders_stay_their_control_cells_on_the_whole_path(calibrated_ru
     keep = sim.unchanged
     assert keep.mean() > 0.5
     x0 = data.x[cond.control]
-    np.testing.assert_array_equal(sim.prediction[keep], x0[keep])
-    assert np.all(sim.x_path[:, keep] == x0[keep][None])
+    shift = calibrated_run.unaffected["shift"]["k562"]
+    np.testing.assert_allclose(
+        sim.prediction[keep], calibration.shift_active(x0[keep], shift), atol=1e-6
+    )
+    np.testing.assert_array_equal(sim.x_path[0, keep], x0[keep])
+    np.testing.assert_array_equal(sim.x_path[-1, keep], sim.prediction[keep])
+    # zeros stay zeros: a non-responder never switches a gene on
+    assert not (sim.x_path[:, keep] > 0)[:, ~(x0[keep] > 0)].any()
     bridges = runs.simulate_from(calibrated_run, cond.control, rows, steps=5, responders=False)
     assert bridges.unchanged is None
-    assert not np.array_equal(bridges.prediction[keep], x0[keep])
+    assert not np.allclose(bridges.prediction[keep], sim.prediction[keep])
+
+
+def test_the_shift_all_perturbed_cells_share_is_recovered():
+    """Non-responders = control cells + a shift of their active genes; the responders are
+    modelled by the bridges. Summed over conditions with different fractions, the
+    least-squares terms give the shift back."""
+    rng = np.random.default_rng(3)
+    genes = 30
+    shift = rng.normal(0.0, 0.3, genes)
+
+    def cells(n):
+        return np.maximum(rng.normal(1.0, 0.5, (n, genes)), 0) * (rng.random((n, genes)) < 0.6)
+
+    num, den = 0.0, 0.0
+    for w in (0.2, 0.5, 0.8, 1.0):
+        n = 4000
+        effect = rng.normal(0.0, 1.0, genes)
+        stay = int(w * n)
+        obs = np.concatenate(
+            [calibration.shift_active(cells(stay), shift), np.maximum(cells(n - stay) + effect, 0)]
+        )
+        pred = np.maximum(cells(n) + effect, 0)
+        a, b = calibration.shift_terms(w, pred, cells(n), obs)
+        num, den = num + a, den + b
+    found = calibration.solve_shift(num, den)
+    assert np.abs(found - shift).max() < 0.1
+    assert np.corrcoef(found, shift)[0, 1] > 0.95
+    # nothing constrains a gene no control cell expresses
+    assert calibration.solve_shift(np.zeros(3), np.zeros(3)).tolist() == [0.0, 0.0, 0.0]
 
 
 def test_pooled_perturbed_pools_the_training_perturbations_of_the_cell_type(calibrated_run):
@@ -186,4 +223,5 @@ def test_evaluate_command_writes_the_calibration_report(calibrated_run, tmp_path
     methods = set(pd.read_csv(out / "metrics.csv")["method"])
     assert methods == {"departures", "control", "mean_shift", "pooled_perturbed"}
     fractions = json.loads((calibrated_run.path / keys.RESPONDERS_FILE).read_text())
-    assert set(fractions) == {"condition", "effect", "cell_type", "overall"}
+    assert set(fractions) == {"condition", "effect", "cell_type", "overall", "shift"}
+    assert set(fractions["shift"]) <= {"k562", "A172", "T98G", "U87MG"}
