@@ -223,7 +223,9 @@ def fit_unaffected(
     The unchanged cells are not quite the control cells: whatever every perturbed cell of a
     cell type shares (transduction, selection, its own batch) moves them too. ``"shift"``
     holds, per cell type, the shift of their active genes that makes the mixture's mean
-    match the observed cells over its training conditions (`shift_terms`).
+    match the observed cells over its training conditions (`shift_terms`); only for a cell
+    type with `MIN_SHIFT_CONDITIONS` training conditions or more (with one, a shared shift
+    cannot be told from that perturbation's own effect).
     """
     rng = np.random.default_rng(seed)
     per_condition = {}
@@ -252,13 +254,17 @@ def fit_unaffected(
         )
         if w > 0:
             num, den = shift_terms(w, pred, ctrl, obs_x)
-            sums = shift_sums.setdefault(cond.cell_type, [0.0, 0.0])
-            sums[0], sums[1] = sums[0] + num, sums[1] + den
+            sums = shift_sums.setdefault(cond.cell_type, [0.0, 0.0, 0])
+            sums[0], sums[1], sums[2] = sums[0] + num, sums[1] + den, sums[2] + 1
     by_type: dict[str, list[float]] = {}
     for cell_type, w, _ in per_condition.values():
         by_type.setdefault(cell_type, []).append(w)
     values = [w for _, w, _ in per_condition.values()]
-    shifts = {ct: solve_shift(num, den) for ct, (num, den) in shift_sums.items()}
+    shifts = {
+        ct: solve_shift(num, den)
+        for ct, (num, den, n) in shift_sums.items()
+        if n >= MIN_SHIFT_CONDITIONS
+    }
     return {
         "condition": {k: w for k, (_, w, _) in per_condition.items()},
         "effect": {k: s for k, (_, _, s) in per_condition.items() if s is not None},
@@ -271,21 +277,40 @@ def fit_unaffected(
 # The cells that do not respond still differ from the control cells in what every perturbed
 # cell of the screen shares (transduction, selection, a batch of their own): the fit takes
 # it as the shift of their active genes that makes the mixture's mean per gene match the
-# observed one over the cell type's training conditions (least squares).
+# observed one over the cell type's training conditions (weighted least squares), shrunk
+# towards 0 where the data hardly constrain it (empirical Bayes over genes).
+MIN_SHIFT_CONDITIONS = 3  # fewer perturbations cannot tell a shared shift from their own effects
+
+
 def shift_terms(w: float, pred, ctrl, obs) -> tuple[np.ndarray, np.ndarray]:
-    """One training condition's least-squares terms of the non-responders' shift (sum them
-    over the cell type's conditions, then `solve_shift`): with a fraction ``w`` of cells
-    unchanged, the mixture ``w (ctrl + shift on active genes) + (1 - w) pred`` has the mean
-    ``w (c + f shift) + (1 - w) p`` per gene, ``f`` the controls' active fraction."""
-    a = w * (np.asarray(ctrl) > 0).mean(0, dtype=np.float64)
-    residual = obs.mean(0, dtype=np.float64) - (1 - w) * pred.mean(0, dtype=np.float64)
-    residual -= w * ctrl.mean(0, dtype=np.float64)
-    return a * residual, a * a
+    """One training condition's terms of the non-responders' shift (sum them over the cell
+    type's conditions, then `solve_shift`): with a fraction ``w`` of cells unchanged, the
+    mixture ``w (ctrl + shift on active genes) + (1 - w) pred`` has the mean
+    ``w (c + f shift) + (1 - w) p`` per gene, ``f`` the controls' active fraction; the
+    residual of the observed mean is weighted by the inverse of its sampling variance."""
+    pred, ctrl, obs = (np.asarray(m, dtype=np.float64) for m in (pred, ctrl, obs))
+    a = w * (ctrl > 0).mean(0)
+    residual = obs.mean(0) - (1 - w) * pred.mean(0) - w * ctrl.mean(0)
+    # the sampling variance of the residual, from the control cells' spread: a variance from
+    # the observed cells would weight the conditions that lower a gene's mean (less spread)
+    # above those that raise it
+    variance = ctrl.var(0) * (1 / len(obs) + (1 - w) ** 2 / len(pred) + w**2 / len(ctrl))
+    weight = 1.0 / np.maximum(variance, 1e-8)
+    return a * residual * weight, a * a * weight
 
 
 def solve_shift(num: np.ndarray, den: np.ndarray) -> np.ndarray:
-    """The least-squares shift from summed `shift_terms`; 0 for a gene no term constrains."""
-    return np.where(den > 1e-6, num / np.maximum(den, 1e-6), 0.0)
+    """The shift from summed `shift_terms`: the weighted least-squares estimate per gene
+    (variance ``1 / den``), shrunk by ``tau^2 / (tau^2 + variance)`` with ``tau^2`` the
+    spread of the true shifts over genes (method of moments); 0 where nothing constrains it."""
+    num, den = np.asarray(num, dtype=np.float64), np.asarray(den, dtype=np.float64)
+    known = den > 1e-12
+    if not known.any():
+        return np.zeros_like(num)
+    estimate = np.where(known, num / np.where(known, den, 1.0), 0.0)
+    variance = np.where(known, 1.0 / np.where(known, den, 1.0), np.inf)
+    tau2 = max(float(np.mean(estimate[known] ** 2 - variance[known])), 0.0)
+    return np.where(known, estimate * tau2 / (tau2 + variance), 0.0)
 
 
 def shift_active(x: np.ndarray, shift: np.ndarray | None) -> np.ndarray:

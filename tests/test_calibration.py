@@ -200,6 +200,25 @@ def test_the_shift_all_perturbed_cells_share_is_recovered():
     assert calibration.solve_shift(np.zeros(3), np.zeros(3)).tolist() == [0.0, 0.0, 0.0]
 
 
+def test_a_shift_the_data_hardly_constrain_is_shrunk_to_nothing():
+    """Few cells and no true shift (a cell line with 100 controls): the raw per-gene estimates
+    are noise, up to several units for rare genes; the shrunk shift stays near 0."""
+    rng = np.random.default_rng(4)
+    genes = 200
+    active = rng.uniform(0.02, 0.8, genes)
+
+    def cells(n):
+        return np.maximum(rng.normal(1.5, 0.7, (n, genes)), 0) * (rng.random((n, genes)) < active)
+
+    num, den = 0.0, 0.0
+    for w in (0.7, 0.9, 1.0):
+        a, b = calibration.shift_terms(w, cells(100), cells(100), cells(50))
+        num, den = num + a, den + b
+    raw = np.abs(num / den).max()
+    assert raw > 1.0
+    assert np.abs(calibration.solve_shift(num, den)).max() < 0.2 * raw
+
+
 def test_pooled_perturbed_pools_the_training_perturbations_of_the_cell_type(calibrated_run):
     data = calibrated_run.data
     cond = data.find("KLF1", "k562")
