@@ -74,7 +74,10 @@ def main() -> None:
         sys.exit(f"No evaluated runs in {args.out}: run bench/calibration.py first.")
     cols = ["cells", "pooled", "pooled_at_control_size", "control", "departures"]
     medians = table.groupby(["dataset", "seed"])[cols].median().groupby("dataset").mean()
-    print("| dataset | control cells | pooled_perturbed | pooled at control size | control | departures |")
+    print(
+        "| dataset | control cells | pooled_perturbed | pooled at control size "
+        "| control | departures |"
+    )
     print("|---|---|---|---|---|---|")
     for dataset, r in medians.iterrows():
         print(

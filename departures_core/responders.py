@@ -62,8 +62,9 @@ def read(run_dir: Path) -> dict | None:
 def draw(sim: Simulation, fractions: dict, rows: list, x0: np.ndarray, seed: int) -> None:
     """Draw each condition's non-responders into ``sim`` (in place): they stay their control
     cell, with the cell type's shift of its active genes when the fit found one
-    (`calibration.shift_active`). A condition without its own fraction takes it from the bridges' predicted effect
-    (`calibration.unaffected_source`); ``sim.responders`` says which and from where."""
+    (`calibration.shift_active`). A condition without its own fraction takes it from the
+    bridges' predicted effect (`calibration.unaffected_source`); ``sim.responders`` says
+    which and from where."""
     groups: dict[tuple, list[int]] = {}
     for i, row in enumerate(rows):
         groups.setdefault(row, []).append(i)
