@@ -45,7 +45,19 @@ def _parser() -> argparse.ArgumentParser:
         default=tr.epochs,
         help=f"passes over all pairs (default: as many as {tr.steps:,} optimiser steps take)",
     )
-    t.add_argument("--batch-size", type=int, default=tr.batch_size)
+    t.add_argument(
+        "--batch-size",
+        type=int,
+        default=tr.batch_size,
+        help="pairs per step and process (default: 64 on CPU, 256 on a GPU)",
+    )
+    t.add_argument(
+        "--threads",
+        type=int,
+        default=tr.threads,
+        help="torch threads per process (default 0: the cores shared by this node's "
+        "processes, at most half of them for one process)",
+    )
     t.add_argument("--lr", type=float, default=tr.lr)
     t.add_argument("--n-genes", type=int, default=d.n_genes)
     t.add_argument("--min-cells", type=int, default=d.min_cells)
@@ -119,7 +131,11 @@ def _config(args, adata) -> RunConfig:
         ot=OTConfig(pairing=args.pairing, epsilon=args.epsilon, cost=args.cost),
         bridge=BridgeConfig(discrete=not args.no_discrete),
         train=TrainConfig(
-            epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, device=args.device
+            epochs=args.epochs,
+            batch_size=args.batch_size,
+            lr=args.lr,
+            device=args.device,
+            threads=args.threads,
         ),
         seed=args.seed,
     )
@@ -130,13 +146,20 @@ def _train(args) -> None:
 
     if args.resume:  # the run's saved config is used; only the training settings change
         train = TrainConfig(
-            epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, device=args.device
+            epochs=args.epochs,
+            batch_size=args.batch_size,
+            lr=args.lr,
+            device=args.device,
+            threads=args.threads,
         )
         runs.train(None, RunConfig(train=train), args.out, resume=True)
     else:
         adata = io.read(args.data) if args.data else io.load_demo()
         runs.train(adata, _config(args, adata), args.out)
-    print(f"saved run to {args.out}", file=sys.stderr)
+    from .distributed import context
+
+    if context().main:
+        print(f"saved run to {args.out}", file=sys.stderr)
 
 
 def _predict(args) -> None:

@@ -79,10 +79,28 @@ class TrainConfig:
     # share of each training condition's perturbed cells kept out of training, to fit the
     # fraction of non-responders on cells the bridges never saw
     validation: float = 0.2
-    batch_size: int = 64
+    # pairs per optimiser step and process; None: 64 on CPU, 256 on a GPU (with the learning
+    # rate scaled by the square root of the batch ratio), see `resolved_batch`
+    batch_size: int | None = None
     lr: float = 1e-3
     weight_decay: float = 1e-4
     device: str = "auto"
+    # torch threads per training process; 0: the cores shared among the node's processes
+    # (at most half of them for a lone process), `distributed.threads_for`
+    threads: int = 0
+
+
+CPU_BATCH, GPU_BATCH = 64, 256
+
+
+def resolved_batch(train: TrainConfig, device_type: str) -> tuple[int, float]:
+    """``(batch size, learning rate)`` of a training on ``device_type``: as configured, or
+    (batch size None) 64 on CPU and 256 on a GPU, whose rate grows by sqrt(256 / 64) = 2."""
+    if train.batch_size is not None:
+        return int(train.batch_size), float(train.lr)
+    if device_type == "cuda":
+        return GPU_BATCH, float(train.lr) * (GPU_BATCH / CPU_BATCH) ** 0.5
+    return CPU_BATCH, float(train.lr)
 
 
 MAX_AUTO_EPOCHS = 500  # a tiny dataset (one step an epoch) is not re-paired 4,000 times
@@ -145,7 +163,11 @@ class RunConfig:
                 0 <= self.train.validation < 1,
                 f"validation share must be in [0, 1), got {self.train.validation}",
             ),
-            (self.train.batch_size >= 1, f"batch size must be >= 1, got {self.train.batch_size}"),
+            (
+                self.train.batch_size is None or self.train.batch_size >= 1,
+                f"batch size must be >= 1, got {self.train.batch_size}",
+            ),
+            (self.train.threads >= 0, f"threads must be >= 0, got {self.train.threads}"),
             (self.train.lr > 0, f"learning rate must be > 0, got {self.train.lr}"),
             (self.ot.epsilon > 0, f"epsilon must be > 0, got {self.ot.epsilon}"),
             (self.ot.batch_size >= 2, f"OT batch size must be >= 2, got {self.ot.batch_size}"),

@@ -73,7 +73,7 @@ def mean_shift_predictor(data: PerturbationData) -> Predictor:
     cell type), else the mean shift over training conditions of the same cell type (all
     training conditions when that cell type has none)."""
     shifts = {
-        (c.perturbation, c.cell_type): data.x[c.perturbed].mean(0) - data.x[c.control].mean(0)
+        (c.perturbation, c.cell_type): data.x.mean(c.perturbed) - data.x.mean(c.control)
         for c in data.train_conditions()
     }
 

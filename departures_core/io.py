@@ -54,6 +54,7 @@ def read(path: str | os.PathLike) -> ad.AnnData:
             f"{path.name} is not an .h5ad file (it is not HDF5). Save your AnnData with "
             "adata.write_h5ad('file.h5ad') and upload that file."
         )
+    _check_memory(path)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)
@@ -66,6 +67,52 @@ def read(path: str | os.PathLike) -> ad.AnnData:
             "The file may be truncated or written by an incompatible tool; re-export it "
             "with anndata.write_h5ad."
         ) from exc
+
+
+# reading, the counts kept in a layer, the log-normalised copy and the model's genes: the
+# peak of `runs.prepare` measured about 4x the matrix as read (bench/scale.py)
+PEAK_PER_MATRIX = 4.0
+
+
+def matrix_bytes(path: str | os.PathLike) -> int | None:
+    """Bytes of the file's ``X`` once in memory (CSR: values and column indices; dense: the
+    array), from its header alone; None when the file does not say."""
+    import h5py
+
+    try:
+        with h5py.File(path, "r") as f:
+            x = f["X"]
+            if isinstance(x, h5py.Dataset):
+                return int(np.prod(x.shape)) * x.dtype.itemsize
+            data, indices = x["data"], x["indices"]
+            return int(data.shape[0]) * (data.dtype.itemsize + indices.dtype.itemsize)
+    except (OSError, KeyError, TypeError, ValueError):
+        return None
+
+
+def available_memory() -> int | None:
+    """Bytes of memory available to a new allocation (Linux ``MemAvailable``)."""
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None
+
+
+def _check_memory(path: Path) -> None:
+    """Refuse a file whose preprocessing cannot fit in memory before reading any of it."""
+    size, free = matrix_bytes(path), available_memory()
+    if size is None or free is None or size * PEAK_PER_MATRIX <= free:
+        return
+    raise InputFileError(
+        f"{path.name} needs about {size * PEAK_PER_MATRIX / 1e9:.1f} GB of memory to read and "
+        f"preprocess ({size / 1e9:.1f} GB of expression), and {free / 1e9:.1f} GB is free. "
+        "Store X sparse (scipy.sparse.csr_matrix) if it is dense, keep fewer genes or cells "
+        "(e.g. the highly variable genes), or use a machine with more memory."
+    )
 
 
 def load_demo() -> ad.AnnData:

@@ -119,7 +119,7 @@ def make_config(
     drop_rare: bool = False,
     n_genes: int = DataConfig.n_genes,
     epochs: int | None = TrainConfig.epochs,
-    batch_size: int = TrainConfig.batch_size,
+    batch_size: int | None = TrainConfig.batch_size,
     lr: float = TrainConfig.lr,
     device: str = TrainConfig.device,
     epsilon: float = OTConfig.epsilon,
@@ -148,7 +148,7 @@ def make_config(
         bridge=BridgeConfig(discrete=bool(discrete)),
         train=TrainConfig(
             epochs=int(epochs) if epochs else None,
-            batch_size=int(batch_size),
+            batch_size=int(batch_size) if batch_size else None,
             lr=float(lr),
             device=device,
         ),
@@ -176,8 +176,8 @@ def train_args(config: RunConfig) -> list[str]:
     args += [f"--n-genes={d.n_genes}", f"--min-cells={d.min_cells}"]
     args += ["--drop-rare"] if d.drop_rare else []
     args += [f"--epochs={t.epochs}"] if t.epochs is not None else []
+    args += [f"--batch-size={t.batch_size}"] if t.batch_size is not None else []
     args += [
-        f"--batch-size={t.batch_size}",
         f"--lr={t.lr}",
         f"--device={t.device}",
         f"--epsilon={o.epsilon}",
@@ -187,6 +187,18 @@ def train_args(config: RunConfig) -> list[str]:
     ]
     args += [] if config.bridge.discrete else ["--no-discrete"]
     return args
+
+
+def torchrun_command(config: RunConfig, data_file: str, run_name: str, processes: int = 8) -> str:
+    """The shell command that trains ``config`` on a GPU server with ``processes`` GPUs
+    (`distributed`): the same options as the app's training, on CUDA, into ``runs/NAME``."""
+    import dataclasses
+    import shlex
+
+    on_gpu = config.replace(train=dataclasses.replace(config.train, device="cuda"))
+    words = ["torchrun", f"--nproc_per_node={processes}", "-m", "departures_core", "train"]
+    words += [data_file, *train_args(on_gpu), f"--out=runs/{run_name}"]
+    return " ".join(shlex.quote(w) for w in words)
 
 
 def _spawn(run_dir: Path, argv: list[str], info: dict) -> int:
@@ -272,7 +284,7 @@ def resume(run_dir: str | Path, *, epochs: int | None = None) -> int:
     argv = [
         "--resume",
         *([f"--epochs={more}"] if more else []),
-        f"--batch-size={t.batch_size}",
+        *([f"--batch-size={t.batch_size}"] if t.batch_size is not None else []),
         f"--lr={t.lr}",
         f"--device={t.device}",
         f"--out={run_dir}",

@@ -122,7 +122,7 @@ def data_buffers(data: PerturbationData, config: RunConfig, rng: np.random.Gener
         ctrl = rng.choice(ctrl, config.model.grn_max_cells, replace=False)
     x_ctrl = data.x[ctrl]
     edge_index, edge_weight = grn.coexpression_edges(x_ctrl, threshold=config.model.grn_threshold)
-    ct_context = np.stack([data.x[data.control_indices(ct)].mean(0) for ct in data.cell_types])
+    ct_context = np.stack([data.x.mean(data.control_indices(ct)) for ct in data.cell_types])
     return {
         "gene_features": torch.from_numpy(grn.gene_features(x_ctrl)),
         "edge_index": torch.from_numpy(edge_index),

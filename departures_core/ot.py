@@ -181,6 +181,10 @@ def pca_features(x: np.ndarray, n_pcs: int = 50, *, seed: int = 0, max_cells: in
     if n_pcs < 1:
         return np.asarray(x, dtype=np.float32)
     rng = np.random.default_rng(seed)
-    fit_rows = rng.choice(len(x), max_cells, replace=False) if len(x) > max_cells else slice(None)
+    n = len(x)
+    fit_rows = np.sort(rng.choice(n, max_cells, replace=False)) if n > max_cells else np.arange(n)
     pca = PCA(n_components=n_pcs, svd_solver="randomized", random_state=seed).fit(x[fit_rows])
-    return pca.transform(x).astype(np.float32)
+    chunk = 8192  # rows made dense at a time (``x`` may be a sparse `data.Expression`)
+    return np.concatenate(
+        [pca.transform(x[s : s + chunk]).astype(np.float32) for s in range(0, n, chunk)]
+    )

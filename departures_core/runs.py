@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import time
 import warnings
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from . import io, keys, pp, responders
+from . import distributed, io, keys, pp, responders
 from .config import RunConfig
 from .data import PerturbationData, Split, populations
 from .errors import ConfigError, DeparturesError, RunError, UnknownPerturbationError
@@ -66,38 +66,69 @@ def train(
 
     With ``resume=True`` training continues from ``run_dir``'s checkpoint, using the run's
     saved data, split and config (``config.train.epochs`` may be raised).
+
+    Under ``torchrun`` every process prepares the data and trains its share of the
+    conditions (`train.fit`); only rank 0 writes the run folder.
     """
     run_dir = Path(run_dir)
     config.check()
     device = resolve_device(config.train.device)
+    ctx = distributed.context()
     torch.manual_seed(config.seed)
     if resume and not run_dir.is_dir():
         raise RunError(f"Run folder {run_dir} does not exist; there is nothing to resume.")
     run_dir.mkdir(parents=True, exist_ok=True)
-    with sole_writer(run_dir):
+    try:
+        with sole_writer(run_dir) if ctx.main else nullcontext():
+            return _train_locked(
+                adata, config, run_dir, resume, device, ctx, callback, should_stop, progress_bar
+            )
+    finally:
+        distributed.teardown(ctx)
+
+
+def _train_locked(adata, config, run_dir, resume, device, ctx, callback, should_stop, progress_bar):
+    """`train` inside the run folder's lock (rank 0) or beside it (other torchrun ranks)."""
+    if ctx.main:
         remove_partial_writes(run_dir, RUN_FILES)  # what a process killed mid-write left
-        if resume:
-            model, state = load_model(run_dir)
-            _check_resumable(run_dir, state)
-            saved = model.config
-            config = saved.replace(train=config.train)
-            model.config = config
-            data = open_data(run_dir, saved, model.split)
-        else:
-            if (run_dir / keys.MODEL_FILE).exists():
-                raise RunError(
-                    f"{run_dir} already holds a trained run; resume it (--resume) or "
-                    "choose another output folder, so that nothing trained is lost."
-                )
-            prepared = prepare(adata, config)
-            data = populations(prepared, config.data, seed=config.seed)
+    if resume:
+        model, state = load_model(run_dir)
+        _check_resumable(run_dir, state)
+        saved = model.config
+        config = saved.replace(train=config.train)
+        model.config = config
+        data = open_data(run_dir, saved, model.split)
+    else:
+        if (run_dir / keys.MODEL_FILE).exists():
+            raise RunError(
+                f"{run_dir} already holds a trained run; resume it (--resume) or "
+                "choose another output folder, so that nothing trained is lost."
+            )
+        prepared = prepare(adata, config)
+        data = populations(prepared, config.data, seed=config.seed)
+        if ctx.main:
             _write_run_files(run_dir, prepared, config, data.split)
-            model, state = Departures.build(data, config), None
-        atomic_write_text(run_dir / keys.CONFIG_FILE, config.to_json())
-        (run_dir / keys.STOP_FILE).unlink(missing_ok=True)
-        return _fit_reporting(
-            model, data, run_dir, device, state, callback, should_stop, progress_bar
-        )
+        del prepared  # the data keeps what training needs
+        model, state = Departures.build(data, config), None
+    if not ctx.main:
+        return _fit_rank(model, data, device, state, ctx, run_dir)
+    atomic_write_text(run_dir / keys.CONFIG_FILE, config.to_json())
+    (run_dir / keys.STOP_FILE).unlink(missing_ok=True)
+    return _fit_reporting(model, data, run_dir, device, state, callback, should_stop, progress_bar)
+
+
+def _fit_rank(model, data, device, state, ctx, run_dir):
+    """A torchrun process other than rank 0: trains its share, writes nothing."""
+    fit_data, _ = validation_split(data, model.config.train.validation, model.config.seed)
+    return fit(
+        model,
+        fit_data,
+        run_dir=run_dir,
+        device=device,
+        resume_state=state,
+        progress_bar=False,
+        should_stop=lambda: False,  # rank 0 decides, `train.fit` shares it
+    )
 
 
 def _fit_reporting(model, data, run_dir, device, state, callback, should_stop, progress_bar):

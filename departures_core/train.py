@@ -15,10 +15,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from . import keys, ot
+from . import distributed, keys, ot
 from .bridges import ctmc, sde
-from .config import RunConfig, resolved_epochs
-from .data import PerturbationData
+from .config import RunConfig, resolved_batch, resolved_epochs
+from .data import Expression, PerturbationData
 from .errors import ConfigError, RunError
 from .model import (
     Departures,
@@ -73,7 +73,7 @@ def validation_split(
     return dataclasses.replace(data, conditions=conditions), held
 
 
-def ot_space(data: PerturbationData, config: RunConfig) -> np.ndarray:
+def ot_space(data: PerturbationData, config: RunConfig):
     """The coordinates of every cell that the OT cost is measured in (genes or PCs)."""
     if config.ot.space == "pca" and config.ot.pairing == "ot":
         return ot.pca_features(data.x, config.ot.n_pcs, seed=config.seed)
@@ -84,15 +84,20 @@ def epoch_pairs(
     data: PerturbationData,
     config: RunConfig,
     rng: np.random.Generator,
-    features: np.ndarray | None = None,
+    features=None,
+    share: list[int] | None = None,
 ):
     """OT (or random) pairs of every training condition: control rows, perturbed rows, condition.
 
-    ``features`` are the cells' coordinates for the cost (`ot_space`; the genes when None)."""
+    ``features`` are the cells' coordinates for the cost (`ot_space`; the genes when None);
+    rows index them as dense arrays, one condition at a time. ``share`` limits the pairing
+    to those training conditions (by position; a torchrun process pairs its own share)."""
     c = config.ot
     z = data.x if features is None else features
+    conditions = data.train_conditions()
     i0, i1, cond = [], [], []
-    for k, condition in enumerate(data.train_conditions()):
+    for k in range(len(conditions)) if share is None else share:
+        condition = conditions[k]
         a, b = ot.pair_condition(
             z[condition.control],
             z[condition.perturbed],
@@ -109,7 +114,49 @@ def epoch_pairs(
         i0.append(condition.control[a])
         i1.append(condition.perturbed[b])
         cond.append(np.full(len(a), k))
+    if not i0:
+        return (np.zeros(0, dtype=np.int64),) * 3
     return np.concatenate(i0), np.concatenate(i1), np.concatenate(cond)
+
+
+class Rows:
+    """Dense expression rows on the training device, for a minibatch of row indices.
+
+    Dense data, or sparse data whose dense copy fits in a quarter of a GPU's free memory,
+    lives on the device (made dense there chunk by chunk, never whole on the host). Other
+    sparse data stays CSR on the host: each batch is made dense alone and copied through
+    pinned memory to a GPU."""
+
+    def __init__(self, x: Expression, device: torch.device):
+        self.device, self.tensor, self.csr = device, None, None
+        rows, genes = x.shape
+        if not x.sparse:
+            self.tensor = torch.from_numpy(x.matrix()).to(device)  # CPU: shares the memory
+        elif device.type == "cuda" and rows * genes * 4 < 0.25 * torch.cuda.mem_get_info(device)[0]:
+            self.tensor = torch.empty(rows, genes, device=device)
+            for start, chunk in x.chunks():
+                self.tensor[start : start + len(chunk)] = torch.from_numpy(chunk).to(device)
+        else:
+            self.csr = x.matrix()
+
+    def __call__(self, index: np.ndarray) -> torch.Tensor:
+        if self.tensor is not None:
+            return self.tensor[torch.from_numpy(index).to(self.device, non_blocking=True)]
+        batch = torch.from_numpy(self.csr[index].toarray())
+        if self.device.type == "cuda":
+            return batch.pin_memory().to(self.device, non_blocking=True)
+        return batch
+
+
+class _Loss(torch.nn.Module):
+    """The training losses as a module's forward, what DistributedDataParallel wraps."""
+
+    def __init__(self, model: Departures):
+        super().__init__()
+        self.net, self.model = model.net, [model]  # a list: not a submodule twice
+
+    def forward(self, x0, x1, cond):
+        return losses(self.model[0], x0, x1, cond, self.model[0].config)
 
 
 def losses(model: Departures, x0: torch.Tensor, x1: torch.Tensor, cond, config: RunConfig):
@@ -142,6 +189,9 @@ class Progress:
     loss_disc: float
 
 
+LOG_EVERY = 25  # steps between reading the losses back from the device (a host sync)
+
+
 def fit(
     model: Departures,
     data: PerturbationData,
@@ -157,79 +207,141 @@ def fit(
 
     Returns the history rows (one per step). ``resume_state`` (a loaded checkpoint)
     continues from its last finished epoch; ``should_stop`` ends training after the
-    current step and saves a checkpoint.
+    current step and saves a checkpoint. Under torchrun (`distributed`) each process pairs
+    and trains on its share of the conditions with the same number of steps, gradients are
+    averaged, and only rank 0 checkpoints, reports and shows progress.
     """
     from tqdm.auto import tqdm
 
+    ctx = distributed.context()
     config, device = model.config, torch.device(device)
+    torch.set_num_threads(distributed.threads_for(config.train.threads, ctx))
+    device = distributed.setup(ctx, device)
+    batch, lr = resolved_batch(config.train, device.type)
     net = model.net.to(device).train()
-    opt = torch.optim.AdamW(
-        net.parameters(), lr=config.train.lr, weight_decay=config.train.weight_decay
-    )
-    x = torch.from_numpy(data.x).to(device)
-    cond_all = encode(model.vocab, condition_rows(data.train_conditions())).to(device)
+    opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=config.train.weight_decay)
+    step_losses = _Loss(model)
+    if ctx.active:
+        from torch.nn.parallel import DistributedDataParallel
+
+        step_losses = DistributedDataParallel(
+            step_losses, device_ids=[device.index] if device.type == "cuda" else None
+        )
+    rows_of = Rows(data.x, device)
+    conditions = data.train_conditions()
+    cond_all = encode(model.vocab, condition_rows(conditions)).to(device)
+    share = ctx.share([len(c.perturbed) for c in conditions]) if ctx.active else None
     features = ot_space(data, config)
     history, epoch0, step = [], 0, 0
     if resume_state is not None:
         opt.load_state_dict(resume_state["optimizer"])
         for group in opt.param_groups:  # a resumed run may change them
-            group["lr"], group["weight_decay"] = config.train.lr, config.train.weight_decay
+            group["lr"], group["weight_decay"] = lr, config.train.weight_decay
         epoch0, step = int(resume_state["epoch"]), int(resume_state["step"])
         # history.csv is written before the checkpoint: rows past it are from a killed epoch
         saved = read_history(Path(run_dir) / keys.HISTORY_FILE) if run_dir else []
         history = [r for r in saved if r["step"] <= step]
         torch.set_rng_state(resume_state["torch_rng"].cpu())
-    n_pairs = sum(len(c.perturbed) for c in data.train_conditions())
-    steps_per_epoch = -(-n_pairs // config.train.batch_size)
+    if ctx.rank:  # the other processes draw their own times and noise
+        torch.manual_seed(config.seed * 1_000_003 + ctx.rank * 7919 + step)
+    n_pairs = sum(len(c.perturbed) for c in conditions)
+    steps_per_epoch = -(-n_pairs // (batch * ctx.world))
     epochs = resolved_epochs(config.train, steps_per_epoch)
     total = steps_per_epoch * epochs
-    bar = tqdm(total=total, initial=step, disable=not progress_bar, desc="train", unit="step")
+    writes = ctx.main and run_dir is not None
+    bar = tqdm(
+        total=total,
+        initial=step,
+        disable=not (progress_bar and ctx.main),
+        desc="train",
+        unit="step",
+    )
     start = time.perf_counter() - (history[-1]["seconds"] if history else 0.0)
     amp = device.type == "cuda"
     stopped = False
+    pending: list[tuple[int, int, torch.Tensor, float]] = []
+
+    def drain() -> None:
+        """Read the pending steps' losses back (one host sync) into the history."""
+        if not pending:
+            return
+        values = torch.stack([v for _, _, v, _ in pending]).float().cpu().tolist()
+        for (s_, e_, _, sec), (l_cont, l_disc, loss) in zip(pending, values, strict=True):
+            if not math.isfinite(loss):
+                raise _diverged(config, s_, e_, loss, kept=e_ > 1)
+            history.append(
+                {
+                    "step": s_,
+                    "epoch": e_,
+                    "loss_cont": l_cont,
+                    "loss_disc": l_disc,
+                    "loss": loss,
+                    "seconds": round(sec, 3),
+                }
+            )
+        last = history[-1]
+        bar.update(len(pending))
+        bar.set_postfix(cont=f"{last['loss_cont']:.4f}", disc=f"{last['loss_disc']:.4f}")
+        if callback and ctx.main:
+            callback(
+                Progress(last["step"], total, last["epoch"], last["loss_cont"], last["loss_disc"])
+            )
+        pending.clear()
+
     with bar:  # closed on errors too, so an error message starts its own line
         for epoch in range(epoch0, epochs):
-            rng = np.random.default_rng([config.seed, epoch])  # pairing is reproducible on resume
-            i0, i1, ci = epoch_pairs(data, config, rng, features)
-            order = torch.from_numpy(rng.permutation(len(i0)))
-            i0, i1, ci = (torch.from_numpy(a)[order].to(device) for a in (i0, i1, ci))
-            for s in range(0, len(order), config.train.batch_size):
-                rows = slice(s, s + config.train.batch_size)
+            # pairing is reproducible on resume; each torchrun process pairs its own share
+            seed = [config.seed, epoch] + ([ctx.rank] if ctx.active else [])
+            rng = np.random.default_rng(seed)
+            i0, i1, ci = epoch_pairs(data, config, rng, features, share)
+            order = rng.permutation(len(i0))
+            if ctx.active:  # every process takes the same number of steps
+                order = np.resize(order, steps_per_epoch * batch) if len(order) else order
+            i0, i1 = i0[order], i1[order]
+            ci = torch.from_numpy(ci[order]).to(device)
+            for s in range(0, len(order), batch):
+                rows = slice(s, s + batch)
                 with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-                    l_cont, l_disc = losses(
-                        model, x[i0[rows]], x[i1[rows]], cond_all[ci[rows]], config
+                    l_cont, l_disc = step_losses(
+                        rows_of(i0[rows]), rows_of(i1[rows]), cond_all[ci[rows]]
                     )
                     loss = l_cont + config.bridge.disc_weight * l_disc
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 for group in opt.param_groups:
-                    group["lr"] = learning_rate(config.train.lr, step, total)
+                    group["lr"] = learning_rate(lr, step, total)
                 opt.step()
                 step += 1
-                row = {
-                    "step": step,
-                    "epoch": epoch + 1,
-                    "loss_cont": l_cont.item(),
-                    "loss_disc": l_disc.item(),
-                    "loss": loss.item(),
-                    "seconds": round(time.perf_counter() - start, 3),
-                }
-                if not math.isfinite(row["loss"]):
-                    raise _diverged(config, step, epoch + 1, row["loss"], kept=epoch > 0)
-                history.append(row)
-                bar.update(1)
-                bar.set_postfix(cont=f"{row['loss_cont']:.4f}", disc=f"{row['loss_disc']:.4f}")
-                if callback:
-                    callback(Progress(step, total, epoch + 1, row["loss_cont"], row["loss_disc"]))
-                if should_stop and should_stop():
+                losses_now = torch.stack([l_cont.detach(), l_disc.detach(), loss.detach()])
+                pending.append((step, epoch + 1, losses_now, time.perf_counter() - start))
+                if len(pending) >= LOG_EVERY:
+                    drain()
+                if should_stop and _stop_requested(should_stop, ctx, step, device):
                     stopped = True
                     break
-            if run_dir is not None:
+            drain()
+            if writes:
                 _checkpoint(model, opt, Path(run_dir), epoch + (0 if stopped else 1), step, history)
             if stopped:
                 break
     net.eval()
     return history
+
+
+def _stop_requested(
+    should_stop: Callable[[], bool], ctx: distributed.Context, step: int, device: torch.device
+) -> bool:
+    """Whether to stop after this step. Under torchrun rank 0 asks every `LOG_EVERY` steps and
+    tells the others (they must stop at the same step)."""
+    if not ctx.active:
+        return should_stop()
+    if step % LOG_EVERY:
+        return False
+    import torch.distributed as dist
+
+    flag = torch.tensor([float(should_stop()) if ctx.main else 0.0], device=device)
+    dist.broadcast(flag, src=0)
+    return bool(flag.item())
 
 
 def learning_rate(base: float, step: int, total: int, floor: float = 0.1) -> float:

@@ -4,11 +4,14 @@ Training runs in its own process (`departures_core.launch`): this page only read
 folder, so it stays responsive and leaving the page does not stop the run.
 """
 
+from pathlib import Path
+
 import streamlit as st
 
 from app import run_panel, state
 from departures_core import launch, registry
 from departures_core.config import BridgeConfig, DataConfig, OTConfig, TrainConfig
+from departures_core.errors import DeparturesError
 
 st.title("Train")
 run = state.current_run()
@@ -39,7 +42,14 @@ p["epochs"] = c1.number_input(
     placeholder="auto",
     help=f"Passes over all pairs. Empty (auto): as many as {t.steps:,} optimiser steps take.",
 )
-p["batch_size"] = c2.number_input("Batch size", 8, 8192, t.batch_size, help="Pairs per step.")
+p["batch_size"] = c2.number_input(
+    "Batch size",
+    8,
+    8192,
+    t.batch_size,
+    placeholder="auto",
+    help="Pairs per step. Empty (auto): 64 on CPU, 256 on a GPU (learning rate × 2).",
+)
 p["lr"] = c3.number_input("Learning rate", 1e-6, 1.0, t.lr, format="%.0e", help="AdamW.")
 p["n_genes"] = c4.number_input(
     "Genes", 50, 50_000, d.n_genes, help="The perturbed genes, then the most variable genes."
@@ -66,6 +76,24 @@ p["holdout"] = st.multiselect(
 )
 p["device"] = st.radio("Device", ("auto", "cpu", "cuda"), horizontal=True)
 st.caption(f"`auto` trains on **{state.device_label()}**.")
+
+with st.expander("Train the same run on a GPU server (torchrun)", icon=":material/dns:"):
+    gpus = st.number_input("GPUs (processes)", 1, 64, 8, key="torchrun-gpus")
+    try:
+        command = launch.torchrun_command(
+            launch.make_config(keys, **p), Path(ds.path).name, name, int(gpus)
+        )
+    except DeparturesError as exc:
+        st.error(str(exc))
+    else:
+        st.code(command, language="bash")
+        st.caption(
+            "Install Departures on the server (`pip install -r requirements.txt`), copy the "
+            "dataset next to it and run this: one process per GPU, each pairing and training "
+            "its share of the conditions (gradients averaged with NCCL). Across several "
+            "machines add torchrun's `--nnodes` and `--rdzv-endpoint` flags. The run folder "
+            f"is an ordinary run: copy `runs/{name}` into `{state.runs_dir()}` to open it here."
+        )
 
 if st.button("Start training", type="primary", icon=":material/rocket_launch:"):
     config = launch.make_config(keys, **p)
