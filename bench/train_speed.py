@@ -1,16 +1,19 @@
 """Training and sampling speed on the demo dataset, CPU (and CUDA when present).
 
-    python bench/train_speed.py [--repeats 3] [--skip-cli]
+    python bench/train_speed.py [--repeats 3] [--skip-cli] [--skip-concurrent]
 
 Prints one table: training cells/s (OT pairing, and random pairing as the baseline
 measured in the same run), sampling cells/s (50 steps; the on/off endpoint drawn at once, and
-the sequential on/off draws as the baseline), and the wall time of the
-default ``python -m departures_core train`` on the demo data. Medians over repeats.
+the sequential on/off draws as the baseline), the wall time of the
+default ``python -m departures_core train`` on the demo data, and the training steps/s of
+one command-line training alone against each of two running at once, with the default
+(capped) threads and with a thread per core (the old default). Medians over repeats.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import subprocess
 import sys
@@ -76,10 +79,37 @@ def cli_wall_time() -> float:
         return time.perf_counter() - start
 
 
+def steps_per_second(run_dir: Path) -> float:
+    """Optimiser steps per second of a finished run, after its first 5 steps."""
+    import pandas as pd
+
+    h = pd.read_csv(run_dir / "history.csv")
+    h = h[h["step"] > 5]
+    return (len(h) - 1) / float(h["seconds"].iloc[-1] - h["seconds"].iloc[0])
+
+
+def concurrent_rates(copies: int, threads: int | None) -> list[float]:
+    """Steps/s of ``copies`` one-epoch demo trainings (command line) started together, with
+    ``--threads threads`` (None: the default cap)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        procs, dirs = [], []
+        for i in range(copies):
+            run_dir = Path(tmp) / f"run{i}"
+            cmd = [sys.executable, "-m", "departures_core", "train", "--epochs", "1"]
+            cmd += ["--device", "cpu", "--out", str(run_dir)]
+            cmd += ["--threads", str(threads)] if threads else []
+            procs.append(subprocess.Popen(cmd, cwd=ROOT, stderr=subprocess.DEVNULL))
+            dirs.append(run_dir)
+        for proc in procs:
+            proc.wait()
+        return [steps_per_second(d) for d in dirs]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--skip-cli", action="store_true")
+    ap.add_argument("--skip-concurrent", action="store_true")
     args = ap.parse_args()
     base = RunConfig(data=DataConfig(cell_type_key="cell_type"))
     adata = runs.prepare(io.load_demo(), base)
@@ -99,6 +129,14 @@ def main() -> None:
     if not args.skip_cli:
         times = [cli_wall_time() for _ in range(max(1, args.repeats // 2))]
         rows.append(("cpu", "default `train` on demo, wall s", statistics.median(times)))
+    if not args.skip_concurrent:
+        cores = len(os.sched_getaffinity(0))
+        alone = statistics.median(concurrent_rates(1, None))
+        rows.append(("cpu", "train steps/s, 1 training alone", alone))
+        both = statistics.median(concurrent_rates(2, None))
+        rows.append(("cpu", "train steps/s, each of 2 at once", both))
+        spin = statistics.median(concurrent_rates(2, cores))
+        rows.append(("cpu", f"... each of 2 at once, {cores} threads each", spin))
     ot_rate = {d: r for d, what, r in rows if what.startswith("train cells/s, OT")}
     rnd_rate = {d: r for d, what, r in rows if "random" in what}
     print(

@@ -142,7 +142,14 @@ def _config(args, adata) -> RunConfig:
 
 
 def _train(args) -> None:
+    import torch
+
     from . import io, runs
+    from .distributed import threads_for
+
+    # a training process caps its threads, so that several trainings and the app share the
+    # machine (with a thread per core each, two trainings ran ~50x slower)
+    torch.set_num_threads(threads_for(args.threads))
 
     if args.resume:  # the run's saved config is used; only the training settings change
         train = TrainConfig(

@@ -215,7 +215,8 @@ def fit(
 
     ctx = distributed.context()
     config, device = model.config, torch.device(device)
-    torch.set_num_threads(distributed.threads_for(config.train.threads, ctx))
+    if config.train.threads:  # the CLI caps a training process's threads (`threads_for`)
+        torch.set_num_threads(config.train.threads)
     device = distributed.setup(ctx, device)
     batch, lr = resolved_batch(config.train, device.type)
     net = model.net.to(device).train()

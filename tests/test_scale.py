@@ -56,7 +56,7 @@ SCREEN_CONFIG = RunConfig(
         perturbation_key="perturbation", control="control", cell_type_key="cell_type", n_genes=300
     ),
     model=ModelConfig(hidden=64, cond_dim=32),
-    train=TrainConfig(epochs=2, device="cpu", threads=1),
+    train=TrainConfig(epochs=2, device="cpu"),
 )
 
 
@@ -79,7 +79,6 @@ def test_a_sparse_screen_is_never_made_dense_whole(tmp_path, densified):
     adata = _screen()
     density = adata.X.nnz / np.prod(adata.shape)
     assert 0.05 < density < 0.2
-    torch.set_num_threads(2)
     history = runs.train(adata, SCREEN_CONFIG, tmp_path / "run", progress_bar=False)
     run = runs.open_run(tmp_path / "run")
     assert run.data.x.sparse and run.data.x.shape == (3000, 300)
@@ -118,7 +117,7 @@ def test_losses_are_read_back_in_blocks_not_every_step(tmp_path, monkeypatch, de
     config = RunConfig(
         data=DataConfig(cell_type_key="cell_type"),
         model=ModelConfig(hidden=32, cond_dim=16),
-        train=TrainConfig(epochs=2, device="cpu", threads=1, validation=0.0),
+        train=TrainConfig(epochs=2, device="cpu", validation=0.0),
     )
     history = runs.train(demo, config, tmp_path / "run", progress_bar=False)
     steps = len(history)
