@@ -49,6 +49,8 @@ def _run_picker() -> None:
         format_func=lambda p: labels.get(p, "none"),
         help="Runs in the runs folder; open one trained elsewhere from Home.",
     )
+    if state.auto_picked():
+        st.caption("The most recently finished run, opened for you; pick another here.")
     if picked != (str(current) if current else None):
         state.set_run(Path(picked) if picked else None)
         st.rerun()

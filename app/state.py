@@ -20,6 +20,7 @@ from departures_core import embedding, io, launch, registry
 from departures_core.errors import DeparturesError
 
 DATASET, OBS_KEYS, RUN, RUNS_DIR, DROP_RARE = "dataset", "obs_keys", "run", "runs_dir", "drop_rare"
+FIRST_VISIT, AUTO_PICKED = "first_visit", "auto_picked_run"
 PAGES_DIR = Path(__file__).resolve().parent.parent / "pages"
 
 
@@ -48,6 +49,43 @@ def init() -> None:
     st.session_state.setdefault(OBS_KEYS, None)
     st.session_state.setdefault(RUN, None)
     st.session_state.setdefault(DROP_RARE, False)
+    if not st.session_state.get(FIRST_VISIT):  # a new session opens ready to explore
+        st.session_state[FIRST_VISIT] = True
+        if st.session_state[DATASET] is None:
+            attempt("demo", load_demo)
+        installed_demo_run(str(runs_dir()))
+        pick_latest_run()
+
+
+@st.cache_resource(show_spinner=False)
+def installed_demo_run(folder: str) -> str | None:
+    """Install the shipped demo run (`demo.install`) into an empty runs folder, once per
+    server process and folder."""
+    from departures_core import demo
+
+    try:
+        target = demo.install(folder)
+    except OSError:  # a read-only or full disk: the app works without it
+        return None
+    return str(target) if target else None
+
+
+def pick_latest_run() -> None:
+    """With no run chosen in this session, open the most recently finished one and say so
+    (`auto_picked`)."""
+    if st.session_state.get(RUN):
+        return
+    finished = [r for r in registry.list_runs(runs_dir()) if r.status.state == "finished"]
+    if finished:
+        st.session_state[RUN] = str(finished[0].path)
+        st.session_state[AUTO_PICKED] = finished[0].name
+
+
+def auto_picked() -> str | None:
+    """The run `pick_latest_run` opened, while it is still the one shown."""
+    name = st.session_state.get(AUTO_PICKED)
+    current = current_run()
+    return name if name and current is not None and current.name == name else None
 
 
 # ------------------------------------------------------------------ cached resources
@@ -223,6 +261,7 @@ def current_run() -> Path | None:
 
 def set_run(path: str | Path | None) -> None:
     st.session_state[RUN] = str(path) if path else None
+    st.session_state[AUTO_PICKED] = None
 
 
 def open_run_folder(path: str) -> None:

@@ -97,7 +97,31 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--steps", type=int, help="sampling steps (default: the run's, 50)")
     e.add_argument("--seed", type=int, default=0)
     e.add_argument("--device", default="auto")
+    r = sub.add_parser(
+        "demo-run",
+        help="rebuild the shipped demo run (assets/demo-run): train the default demo model, "
+        "or export a run trained on the demo",
+    )
+    r.add_argument("--from", dest="source", help="export this run folder instead of training")
+    r.add_argument("--out", help="output folder (default: assets/demo-run)")
+    r.add_argument("--seed", type=int, default=0)
     return p
+
+
+def _demo_run(args) -> None:
+    import torch
+
+    from . import demo
+    from .distributed import threads_for
+
+    out = Path(args.out) if args.out else demo.DEMO_RUN
+    if args.source:
+        demo.export(args.source, out)
+    else:
+        torch.set_num_threads(threads_for(0))
+        demo.build(out, seed=args.seed)
+    size = sum(f.stat().st_size for f in out.iterdir()) / 1e6
+    print(f"wrote the demo run to {out} ({size:.1f} MB)", file=sys.stderr)
 
 
 def _config(args, adata) -> RunConfig:
@@ -225,7 +249,13 @@ def _evaluate(args) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
-        {"train": _train, "predict": _predict, "evaluate": _evaluate}[args.command](args)
+        commands = {
+            "train": _train,
+            "predict": _predict,
+            "evaluate": _evaluate,
+            "demo-run": _demo_run,
+        }
+        commands[args.command](args)
     except DeparturesError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return USER_ERROR

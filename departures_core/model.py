@@ -179,7 +179,8 @@ class Departures:
         v = json.loads(state["vocab"])
         vocab = Vocabulary(tuple(v["genes"]), tuple(v["tokens"]), tuple(v["cell_types"]))
         split = Split.from_dict(json.loads(state["split"]))
-        weights = state["model"]
+        # float32 whatever they were stored in (the shipped demo run keeps float16)
+        weights = {k: v.float() if v.is_floating_point() else v for k, v in state["model"].items()}
         buffers = {
             name: weights[f"encoder.{prefix}{name}"]
             for prefix, name in (

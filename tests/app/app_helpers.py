@@ -33,6 +33,16 @@ def values(array) -> list:
     return list(array)
 
 
+def without_run(at: AppTest, *, data: bool = True) -> AppTest:
+    """The session with no run chosen (and, ``data=False``, no dataset): a new session opens
+    on the demo dataset and the latest finished run, the shipped demo run at first."""
+    at.session_state["run"] = None
+    if not data:
+        at.session_state["dataset"] = None
+        at.session_state["obs_keys"] = None
+    return at.run()
+
+
 def with_run(app, run_dir: Path, runs_dir: Path, name: str = "tiny") -> AppTest:
     """A fresh session with a copy of the trained run ``run_dir`` selected."""
     import shutil

@@ -243,9 +243,9 @@ EVIL = "<img src=x onerror=alert(1)> **bold**"
 
 
 def test_two_browsers_at_once_keep_apart(server, trained):  # noqa: F811
-    """Two people on one server: A loads the demo while B picks a run whose folder name
-    holds HTML and Markdown. Each sees only their own dataset and run; B's run name is shown
-    as typed and nothing of it runs."""
+    """Two people on one server, with one run whose folder name holds HTML and Markdown: both
+    open on the demo with that run picked; A chooses no run, B keeps it. Each sees only
+    their own choice; B's run name is shown as typed and nothing of it runs."""
     sync_playwright = _require_browser()
     from playwright.sync_api import expect
 
@@ -261,20 +261,22 @@ def test_two_browsers_at_once_keep_apart(server, trained):  # noqa: F811
                 page.set_default_timeout(60_000)
                 page.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
                 page.goto(url)
-            a.get_by_role("button", name="Load the demo dataset").click()
-            picker = b.get_by_test_id("stSidebar").get_by_test_id("stSelectbox").first
-            picker.click()
-            b.get_by_role("option", name="tiny").first.click()
-            expect(picker.get_by_role("combobox")).to_have_value(f"tiny {EVIL} (finished)")
-            a.get_by_text("Ready to train").wait_for(timeout=120_000)  # A's Data page
-            a.get_by_role("link", name="Home", exact=True).click()
-
+            # both open on the demo and the latest finished run (the only one); A then
+            # chooses no run, B keeps it
             side_a, side_b = (p.get_by_test_id("stSidebar") for p in (a, b))
-            expect(side_a.get_by_text("Demo: PerturBench")).to_be_visible()
-            expect(side_a.get_by_role("combobox").first).to_have_value("none")
+            for side in (side_a, side_b):
+                expect(side.get_by_text("Demo: PerturBench")).to_be_visible()
+            picker_a = side_a.get_by_test_id("stSelectbox").first
+            picker_a.click()
+            a.get_by_role("option", name="none").first.click()
+            expect(picker_a.get_by_role("combobox")).to_have_value("none")
             expect(a.get_by_text("None selected.")).to_be_visible()  # A's Home: no run
-            expect(side_b.get_by_text("none loaded")).to_be_visible()
-            expect(b.get_by_text("None loaded yet.")).to_be_visible()  # B's Home: no data
+            picker_b = side_b.get_by_test_id("stSelectbox").first
+            expect(picker_b.get_by_role("combobox")).to_have_value(f"tiny {EVIL} (finished)")
+            expect(side_b.get_by_text("opened for you")).to_be_visible()
+            b.reload()  # B's next visit: still B's own choice, whatever A did
+            picker_b = b.get_by_test_id("stSidebar").get_by_test_id("stSelectbox").first
+            expect(picker_b.get_by_role("combobox")).to_have_value(f"tiny {EVIL} (finished)")
             main_b = b.get_by_test_id("stMainBlockContainer")
             expect(main_b.get_by_text(f"tiny {EVIL}").first).to_be_visible()  # B's Run box
             assert b.locator("img[src='x']").count() == 0 and dialogs == []

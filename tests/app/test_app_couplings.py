@@ -3,7 +3,7 @@
 import json
 
 import numpy as np
-from app_helpers import goto, plotly_specs, texts, values, with_run
+from app_helpers import goto, plotly_specs, texts, values, with_run, without_run
 
 from app import run_state
 from departures_core import couplings
@@ -32,7 +32,7 @@ def _metric(at, label: str) -> float:
 
 
 def test_page_without_a_run_says_what_to_do(app):
-    at = goto(app(), "couplings")
+    at = goto(without_run(app()), "couplings")
     assert not at.exception and not at.error
     assert "Pick a trained run" in texts(at.info)
     assert not plotly_specs(at)

@@ -3,7 +3,7 @@
 import json
 
 import pytest
-from app_helpers import goto, plotly_specs, texts, values, with_run
+from app_helpers import goto, plotly_specs, texts, values, with_run, without_run
 
 from departures_core import registry
 
@@ -14,7 +14,7 @@ def _no_exception(at):
 
 @pytest.mark.parametrize("page", ["perturbations", "activation"])
 def test_views_without_a_run_say_what_to_do(app, page):
-    at = goto(app(), page)
+    at = goto(without_run(app()), page)
     _no_exception(at)
     assert not at.error
     assert "Pick a trained run" in texts(at.info)

@@ -4,9 +4,9 @@ import json
 import shutil
 
 import pytest
-from app_helpers import PAGES, goto, plotly_specs, texts, values
+from app_helpers import PAGES, goto, plotly_specs, texts, values, without_run
 
-from departures_core import io, launch, registry
+from departures_core import demo, io, launch, registry
 
 
 def _no_exception(at):
@@ -21,10 +21,35 @@ def test_pages_render_without_data(app, page):
     assert "CPU" in texts(at.sidebar.caption) or "GPU" in texts(at.sidebar.caption)
 
 
-def test_empty_pages_say_what_to_do(app):
+def test_a_fresh_start_opens_on_the_demo_and_its_shipped_run(app, runs_dir, trained):
     at = app()
+    _no_exception(at)
     assert "Departures Explorer" in texts(at.title)
-    assert "No runs in" in texts(at.caption)
+    assert "Demo: PerturBench" in texts(at.sidebar.caption).replace("\\", "")
+    assert "5,961 cells" in texts(at.sidebar.caption)
+    assert (runs_dir / demo.DEMO_RUN_NAME / "model.pt").exists()
+    assert at.sidebar.selectbox[0].value == str(runs_dir / demo.DEMO_RUN_NAME)
+    assert "opened for you" in texts(at.sidebar.caption)
+    # picking a run by hand: the note goes
+    shutil.copytree(trained[0], runs_dir / "mine")
+    at.run().sidebar.selectbox[0].set_value(str(runs_dir / "mine")).run()
+    assert at.sidebar.selectbox[0].value == str(runs_dir / "mine")
+    assert "opened for you" not in texts(at.sidebar.caption)
+
+
+def test_the_latest_finished_run_is_opened_when_none_is_chosen(app, runs_dir, trained):
+
+    shutil.copytree(trained[0], runs_dir / "older")
+    shutil.copytree(trained[0], runs_dir / "newer")
+    (runs_dir / "newer" / "progress.json").touch()  # changed last
+    at = app()
+    assert at.sidebar.selectbox[0].value == str(runs_dir / "newer")
+    assert not (runs_dir / demo.DEMO_RUN_NAME).exists()  # the user's runs: no demo added
+
+
+def test_empty_pages_say_what_to_do(app):
+    at = without_run(app(), data=False)
+    assert "Departures Explorer" in texts(at.title)
     assert "Load the bundled demo" in texts(goto(at, "data").info)
     assert "Data page first" in texts(goto(at, "train").info)
 

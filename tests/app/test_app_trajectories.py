@@ -4,7 +4,7 @@ mode and the exports."""
 import json
 
 import numpy as np
-from app_helpers import goto, plotly_specs, texts, values, with_run
+from app_helpers import goto, plotly_specs, texts, values, with_run, without_run
 
 N_CELLS = 12
 
@@ -25,7 +25,7 @@ def _colours(fig: dict) -> list[np.ndarray]:
 
 
 def test_page_without_a_run_says_what_to_do(app):
-    at = goto(app(), "trajectories")
+    at = goto(without_run(app()), "trajectories")
     _no_exception(at)
     assert "Pick a trained run" in texts(at.info)
     assert not plotly_specs(at)
