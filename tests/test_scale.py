@@ -165,19 +165,24 @@ def test_torchrun_trains_one_run_with_two_processes(tmp_path):
     """2 gloo processes x 2 epochs on the demo: one run folder written by rank 0, resumable
     under torchrun, and predicted from like any other run."""
     out = tmp_path / "run"
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    base = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2"]
-    base += ["--master_port", str(29500 + os.getpid() % 1000)]
-    args = ["-m", "departures_core", "train", "--device", "cpu", "--threads", "1"]
-    proc = subprocess.run(
-        [*base, *args, "--epochs", "2", "--out", str(out)],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
+
+    def torchrun(*options: str) -> subprocess.CompletedProcess:
+        command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2"]
+        command += ["--master_port", str(29500 + os.getpid() % 1000)]
+        command += ["-m", "departures_core", "train", "--device", "cpu", "--threads", "1"]
+        env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+        proc = subprocess.run(
+            [*command, *options, "--out", str(out)],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        return proc
+
+    proc = torchrun("--epochs", "2")
     history = pd.read_csv(out / "history.csv")
     data = runs.open_run(out).data
     fit_data, _ = train.validation_split(data, TrainConfig.validation, seed=0)
@@ -188,15 +193,7 @@ def test_torchrun_trains_one_run_with_two_processes(tmp_path):
     assert proc.stderr.count("saved run to") == 1  # rank 0 alone reports and writes
     assert not list(out.glob("*.tmp*"))
 
-    proc = subprocess.run(
-        [*base, *args, "--resume", "--epochs", "3", "--out", str(out)],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    torchrun("--resume", "--epochs", "3")
     resumed = pd.read_csv(out / "history.csv")
     assert resumed["epoch"].max() == 3 and len(resumed) > len(history)
     run = runs.open_run(out)
