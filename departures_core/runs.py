@@ -111,13 +111,13 @@ def _train_locked(adata, config, run_dir, resume, device, ctx, callback, should_
         del prepared  # the data keeps what training needs
         model, state = Departures.build(data, config), None
     if not ctx.main:
-        return _fit_rank(model, data, device, state, ctx, run_dir)
+        return _fit_rank(model, data, device, state, run_dir)
     atomic_write_text(run_dir / keys.CONFIG_FILE, config.to_json())
     (run_dir / keys.STOP_FILE).unlink(missing_ok=True)
     return _fit_reporting(model, data, run_dir, device, state, callback, should_stop, progress_bar)
 
 
-def _fit_rank(model, data, device, state, ctx, run_dir):
+def _fit_rank(model, data, device, state, run_dir):
     """A torchrun process other than rank 0: trains its share, writes nothing."""
     fit_data, _ = validation_split(data, model.config.train.validation, model.config.seed)
     return fit(
