@@ -24,6 +24,8 @@ METHODS = (
     "no_discrete",
 )
 MIN_CELLS = 10
+# the Virtual Cell Challenge's three metrics and score (`celleval`), when they were computed
+VCC_COLUMNS = ("overlap_at_N", "discrimination_score_l1", "mae", "vcc_score")
 
 Predictor = Callable[[Condition], np.ndarray]
 
@@ -49,9 +51,16 @@ class Evaluation:
 
     def table(
         self,
-        columns=("e_distance", "e_distance_de20", "emd", "activation_pcc", "pearson_delta_de20"),
+        columns=(
+            "e_distance",
+            "e_distance_de20",
+            "emd",
+            "activation_pcc",
+            "pearson_delta_de20",
+            *VCC_COLUMNS,
+        ),
     ) -> pd.DataFrame:
-        """Median per method (rows) and metric (columns)."""
+        """Median per method (rows) and metric (columns); cell-eval's when it was run."""
         wide = self.metrics.pivot_table(
             index="method", columns="metric", values="value", aggfunc="median"
         )
@@ -104,6 +113,31 @@ def pooled_perturbed_predictor(data: PerturbationData, max_cells: int = 2000) ->
     return predict
 
 
+# A generative model's prediction is a distribution: the distances compare one predicted
+# cell per control cell with the observed cells (the sample size of the `control` baseline),
+# and the metrics of per-gene means (pearson_delta, activation_pcc) read its mean off
+# `MEAN_CELLS` predicted cells, where the bridges' sampling noise averages out (the mean of
+# 100 sampled cells of a small condition is noisy; a baseline's mean shift is exact).
+MEAN_CELLS = 2000
+
+
+@dataclass(frozen=True)
+class Predicted:
+    """A predictor's output with a second, larger sample: ``cells`` (one per control cell,
+    for the distances) and ``more`` (`start_rows`, for the means)."""
+
+    cells: np.ndarray
+    more: np.ndarray
+
+
+def start_rows(control: np.ndarray, n_cells: int) -> np.ndarray:
+    """``n_cells`` starting cells from the ``control`` rows, each used equally often
+    (the first ``len(control)`` are each control row once); the rows themselves when
+    there are at least ``n_cells`` of them."""
+    control = np.asarray(control)
+    return control if n_cells <= len(control) else np.resize(control, n_cells)
+
+
 def model_predictor(
     run,
     *,
@@ -111,21 +145,29 @@ def model_predictor(
     steps: int | None = None,
     device: str = "cpu",
     responders: bool = True,
+    mean_cells: int = MEAN_CELLS,
 ) -> Predictor:
-    """One predicted cell per control cell of the condition (``responders=False``: the
-    bridges alone, without the run's non-responders)."""
+    """One predicted cell per control cell of the condition; with fewer control cells than
+    ``mean_cells``, also a sample of that many for the means (`Predicted`; 0: never).
+    ``responders=False``: the bridges alone, without the run's non-responders."""
     from .runs import simulate_from
 
-    def predict(cond: Condition) -> np.ndarray:
+    def simulate(cond: Condition, rows: np.ndarray) -> np.ndarray:
         return simulate_from(
             run,
-            cond.control,
-            condition_rows([cond]) * len(cond.control),
+            rows,
+            condition_rows([cond]) * len(rows),
             steps=run.model.config.bridge.steps if steps is None else steps,
             seed=seed,
             device=device,
             responders=responders,
         ).prediction
+
+    def predict(cond: Condition) -> np.ndarray | Predicted:
+        cells = simulate(cond, cond.control)
+        if len(cond.control) >= mean_cells:
+            return cells
+        return Predicted(cells, simulate(cond, start_rows(cond.control, mean_cells)))
 
     return predict
 
@@ -136,7 +178,7 @@ def de_genes(data: PerturbationData, cond: Condition, n: int = 40) -> list[str]:
     group = np.array(["control"] * len(cond.control) + ["perturbed"] * len(cond.perturbed))
     sub = ad.AnnData(
         X=data.x[idx],
-        obs=pd.DataFrame({"group": pd.Categorical(group)}),
+        obs=pd.DataFrame({"group": pd.Categorical(group)}, index=idx.astype(str)),
         var=pd.DataFrame(index=data.genes),
     )
     return metrics.top_de_genes(sub, groupby="group", group="perturbed", reference="control", n=n)
@@ -168,8 +210,10 @@ def evaluate(
         obs, ctrl = data.x[cond.perturbed], data.x[cond.control]
         top = de_genes(data, cond)
         for method, predict in predictors.items():
+            pred = predict(cond)
+            cells, more = (pred.cells, pred.more) if isinstance(pred, Predicted) else (pred, None)
             scores = metrics.condition_metrics(
-                predict(cond), obs, ctrl, genes=data.genes, de_genes=top
+                cells, obs, ctrl, genes=data.genes, de_genes=top, means_from=more
             )
             records += [
                 {
@@ -225,7 +269,7 @@ def train_ablations(run, *, progress_bar: bool = True) -> dict:
     return out
 
 
-def evaluate_run(
+def run_predictors(
     run,
     *,
     ablations: bool = False,
@@ -233,8 +277,8 @@ def evaluate_run(
     steps: int | None = None,
     device: str = "cpu",
     progress: bool = True,
-) -> Evaluation:
-    """Departures, the baselines and (optionally) the ablations on the run's held-out conditions."""
+) -> dict[str, Predictor]:
+    """Departures, the baselines and (optionally) the ablations of ``run``, by method name."""
     if steps is not None and steps < 1:
         from .errors import ConfigError
 
@@ -248,7 +292,40 @@ def evaluate_run(
     if ablations:
         for name, ablated in train_ablations(run, progress_bar=progress).items():
             predictors[name] = model_predictor(ablated, seed=seed, steps=steps, device=device)
-    return evaluate(run.data, predictors, progress=progress)
+    return predictors
+
+
+def evaluate_run(
+    run,
+    *,
+    ablations: bool = False,
+    seed: int = 0,
+    steps: int | None = None,
+    device: str = "cpu",
+    progress: bool = True,
+    cell_eval: bool = False,
+    threads: int = 1,
+) -> Evaluation:
+    """Departures, the baselines and (optionally) the ablations on the run's held-out conditions.
+
+    ``cell_eval`` adds cell-eval's metrics (`celleval.METRICS` and ``vcc_score``) of the same
+    predicted cells as more rows; ``threads`` are its differential-expression threads."""
+    from . import celleval
+
+    if cell_eval:  # first: a missing package should not cost the ablations and the sampling
+        celleval.require()
+    predictors = run_predictors(
+        run, ablations=ablations, seed=seed, steps=steps, device=device, progress=progress
+    )
+    if not cell_eval:
+        return evaluate(run.data, predictors, progress=progress)
+    recorder = celleval.Recorder(predictors)
+    ev = evaluate(run.data, recorder.predictors, progress=progress)
+    extra = celleval.score(run.data, recorder, threads=threads)
+    # cell-eval's pearson_delta is ours (the correlation of the mean changes from control):
+    # one row per metric, ours, whose model mean is read off `MEAN_CELLS` cells
+    extra = extra[~extra["metric"].isin(metrics.METRIC_NAMES)]
+    return Evaluation(pd.concat([ev.metrics, extra], ignore_index=True), ev.skipped)
 
 
 def calibrate_run(
@@ -260,8 +337,12 @@ def calibrate_run(
 
     return calibration.calibrate(
         run.data,
-        model_predictor(run, seed=seed, steps=steps, device=device),
-        bridges=model_predictor(run, seed=seed, steps=steps, device=device, responders=False),
+        # in distribution, one prediction per control cell: the table is read against the
+        # controls themselves and the observed cells' noise floor
+        model_predictor(run, seed=seed, steps=steps, device=device, mean_cells=0),
+        bridges=model_predictor(
+            run, seed=seed, steps=steps, device=device, responders=False, mean_cells=0
+        ),
         seed=seed,
         progress=progress,
     )

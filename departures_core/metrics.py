@@ -305,7 +305,9 @@ def _de_columns(genes: Sequence[str], de_genes: Sequence[str], k: int) -> np.nda
     return np.asarray(cols[:k], dtype=int)
 
 
-def condition_metrics(pred, obs, ctrl, *, genes=None, de_genes=None) -> dict[str, float]:
+def condition_metrics(
+    pred, obs, ctrl, *, genes=None, de_genes=None, means_from=None
+) -> dict[str, float]:
     """All metrics of one condition, keyed exactly by :data:`METRIC_NAMES`.
 
     Parameters
@@ -317,6 +319,11 @@ def condition_metrics(pred, obs, ctrl, *, genes=None, de_genes=None) -> dict[str
     de_genes : sequence of str, optional
         DE genes, top first. The ``*_de20`` / ``*_de40`` metrics use the first
         20 / 40 of them present in ``genes``; nan when None or none present.
+    means_from : array-like, shape (n, n_genes), optional
+        A larger sample of the same prediction, for the metrics of per-gene means
+        (``pearson_delta``, ``pearson_delta_de20``, ``activation_pcc``): a generative
+        model's mean is estimated with less sampling noise from many cells, while the
+        distances compare ``pred``, a sample the size of the baselines'.
 
     Returns
     -------
@@ -330,11 +337,13 @@ def condition_metrics(pred, obs, ctrl, *, genes=None, de_genes=None) -> dict[str
         raise MetricInputError(f"len(genes)={len(genes)} but arrays have {pred.shape[1]} genes")
     if de_genes is not None and genes is None:
         raise MetricInputError("genes (column names) are required when de_genes is given")
+    means = pred if means_from is None else _as_2d(means_from, "means_from", min_cells=2)
+    _check_genes(pred=pred, means_from=means)
     out = {name: float("nan") for name in METRIC_NAMES}
     out["e_distance"] = e_distance(pred, obs)
     out["emd"] = emd(pred, obs)
-    out["activation_pcc"] = activation_pcc(pred, obs)
-    out["pearson_delta"] = pearson_delta(pred, obs, ctrl)
+    out["activation_pcc"] = activation_pcc(means, obs)
+    out["pearson_delta"] = pearson_delta(means, obs, ctrl)
     out["mmd"] = mmd(pred, obs)
     out["e_distance_pca_sq"] = e_distance_pca_sq(pred, obs)
     if de_genes is not None:
@@ -346,5 +355,5 @@ def condition_metrics(pred, obs, ctrl, *, genes=None, de_genes=None) -> dict[str
             out[f"emd_de{k}"] = emd(pred[:, cols], obs[:, cols])
         cols = _de_columns(list(genes), list(de_genes), 20)
         if cols.size:
-            out["pearson_delta_de20"] = pearson_delta(pred[:, cols], obs[:, cols], ctrl[:, cols])
+            out["pearson_delta_de20"] = pearson_delta(means[:, cols], obs[:, cols], ctrl[:, cols])
     return out

@@ -101,6 +101,24 @@ def test_evaluate_run_scores_every_heldout_condition(run):
     assert 0 < summary["control"]["activation_pcc"]["median"] < 1
 
 
+def test_the_model_is_scored_on_its_control_cells_and_its_mean_on_more(run):
+    """Distances compare one predicted cell per control cell (the controls' sample size);
+    a condition with fewer controls than MEAN_CELLS also gets a larger sample for the means,
+    every control cell starting equally many of its cells."""
+    cond = run.data.heldout_conditions()[0]
+    n = len(cond.control)
+    assert evaluate.start_rows(cond.control, n - 1).tolist() == list(cond.control)
+    rows = evaluate.start_rows(cond.control, 3 * n + 1)
+    assert rows[:n].tolist() == list(cond.control)
+    assert sorted(np.unique(rows, return_counts=True)[1].tolist()) == [3] * (n - 1) + [4]
+    out = evaluate.model_predictor(run, steps=3, mean_cells=2 * n)(cond)
+    assert isinstance(out, evaluate.Predicted)
+    assert out.cells.shape == (n, run.data.x.shape[1])
+    assert out.more.shape == (2 * n, run.data.x.shape[1])
+    alone = evaluate.model_predictor(run, steps=3, mean_cells=0)(cond)
+    np.testing.assert_array_equal(alone, out.cells)  # the same seed, the same cells
+
+
 def test_cli_evaluate_writes_metrics_and_summary(trained, tmp_path):
     run_dir, _ = trained
     out = tmp_path / "eval"
@@ -146,7 +164,7 @@ def real_run(tmp_path_factory, demo):
 def test_trained_model_is_closer_to_observed_cells_than_the_controls(real_run):
     """On real data, predictions of training conditions beat the unchanged controls."""
     data = real_run.data
-    predict = evaluate.model_predictor(real_run, steps=20)
+    predict = evaluate.model_predictor(real_run, steps=20, mean_cells=0)
     conds = [c for c in data.train_conditions() if c.cell_type == "k562"][:8]
     ours = [metrics.e_distance(predict(c), data.x[c.perturbed]) for c in conds]
     ctrl = [metrics.e_distance(data.x[c.control], data.x[c.perturbed]) for c in conds]

@@ -223,6 +223,29 @@ def test_condition_metrics_de_subsets():
     assert out["pearson_delta_de20"] == pytest.approx(expected)
 
 
+def test_means_of_a_larger_sample_steady_the_mean_metrics_only():
+    """A weak true shift, predicted exactly but sampled with noise: read off 30 cells, the
+    predicted mean shift hardly correlates with the observed one; off 3,000 cells of the same
+    prediction it does. The distances still compare the 30 cells."""
+    rng = np.random.default_rng(8)
+    genes, shift = 40, rng.normal(0.0, 0.06, 40)
+    ctrl = rng.normal(0.0, 0.2, (2000, genes))  # observed means known precisely
+    obs = rng.normal(0.0, 0.2, (2000, genes)) + shift
+    pred, more = (rng.normal(size=(n, genes)) + shift for n in (30, 3000))
+    names = [f"g{i}" for i in range(genes)]
+    plain = condition_metrics(pred, obs, ctrl, genes=names, de_genes=names)
+    steady = condition_metrics(pred, obs, ctrl, genes=names, de_genes=names, means_from=more)
+    assert steady["pearson_delta"] > 0.9 > plain["pearson_delta"] + 0.3
+    assert steady["pearson_delta"] == pytest.approx(pearson_delta(more, obs, ctrl))
+    assert steady["pearson_delta_de20"] == pytest.approx(
+        pearson_delta(more[:, :20], obs[:, :20], ctrl[:, :20])
+    )
+    for name in ("e_distance", "emd", "mmd", "e_distance_de20"):
+        assert steady[name] == pytest.approx(plain[name])
+    with pytest.raises(MetricInputError):
+        condition_metrics(pred, obs, ctrl, means_from=more[:, :5])
+
+
 # ---------------------------------------------------------------- errors
 def test_mismatched_gene_counts_raise():
     with pytest.raises(MetricInputError, match="gene counts differ"):
