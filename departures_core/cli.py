@@ -1,4 +1,4 @@
-"""Command line: ``python -m departures_core train|predict ...``."""
+"""Command line: ``departures train|predict|evaluate|app ...`` (= ``python -m departures_core``)."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from . import __version__
 from .config import DataConfig, OTConfig, RunConfig, TrainConfig
 from .errors import DeparturesError
 
@@ -18,10 +19,19 @@ def _csv(value: str) -> tuple[str, ...]:
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="python -m departures_core",
-        description="Departures: perturbation prediction with neural Schrödinger bridges.",
+        prog="departures",
+        description="Departures: perturbation prediction with neural Schrödinger bridges. "
+        "`python -m departures_core` is the same command.",
     )
+    p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
+
+    sub.add_parser(
+        "app",
+        help="open the Departures Explorer app (streamlit run on the installed app)",
+        description="Run the app with Streamlit. Options after the command go to "
+        "`streamlit run`, e.g. `departures app --server.port 8502`.",
+    )
 
     t = sub.add_parser("train", help="train a model on an .h5ad into a run folder")
     t.add_argument("data", nargs="?", help="input .h5ad (default: the bundled demo dataset)")
@@ -84,7 +94,12 @@ def _parser() -> argparse.ArgumentParser:
     q.add_argument("--trajectory", action="store_true", help="store x_t and d_t at every step")
     q.add_argument("--seed", type=int, default=0)
     q.add_argument("--device", default="auto")
-    q.add_argument("--out", required=True, help="output .h5ad")
+    q.add_argument(
+        "--out",
+        required=True,
+        help="output .h5ad: the run's genes, obs with the input's own keys (e.g. condition, "
+        "cell_type) and the canonical ones, uns['departures']",
+    )
 
     e = sub.add_parser("evaluate", help="score held-out conditions against baselines")
     e.add_argument("run_dir")
@@ -97,6 +112,12 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--steps", type=int, help="sampling steps (default: the run's, 50)")
     e.add_argument("--seed", type=int, default=0)
     e.add_argument("--device", default="auto")
+    e.add_argument(
+        "--cell-eval",
+        action="store_true",
+        help="also score with Arc Institute's cell-eval (the Virtual Cell Challenge's metrics "
+        "and score against control; pip install cell-eval)",
+    )
     r = sub.add_parser(
         "demo-run",
         help="rebuild the shipped demo run (assets/demo-run): train the default demo model, "
@@ -106,6 +127,39 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--out", help="output folder (default: assets/demo-run)")
     r.add_argument("--seed", type=int, default=0)
     return p
+
+
+def _app(args) -> int:
+    """``streamlit run`` on the app's Home.py (the checkout's, or the copy an install ships)
+    in the working directory, with the settings of the app's ``.streamlit/config.toml``."""
+    import subprocess
+
+    from . import paths
+
+    command = [sys.executable, "-m", "streamlit", "run", str(paths.HOME)]
+    command += _streamlit_flags(paths.STREAMLIT_CONFIG)
+    return subprocess.call([*command, *args.streamlit_args])
+
+
+def _streamlit_flags(config: Path) -> list[str]:
+    """``config``'s settings as ``--section.option=value`` flags: Streamlit reads the file
+    only from the working directory, and an installed app runs from anywhere."""
+    import tomllib
+
+    if not config.is_file():
+        return []
+
+    def flatten(table: dict, prefix: str) -> list[str]:
+        flags = []
+        for name, value in table.items():
+            if isinstance(value, dict):  # e.g. [theme.sidebar]
+                flags += flatten(value, f"{prefix}{name}.")
+            else:
+                text = str(value).lower() if isinstance(value, bool) else str(value)
+                flags.append(f"--{prefix}{name}={text}")
+        return flags
+
+    return flatten(tomllib.loads(config.read_text()), "")
 
 
 def _demo_run(args) -> None:
@@ -215,6 +269,7 @@ def _predict(args) -> None:
 
 def _evaluate(args) -> None:
     from . import calibration, runs
+    from .distributed import threads_for
     from .evaluate import calibrate_run, evaluate_run
     from .model import atomic_write_text
     from .train import resolve_device
@@ -226,10 +281,17 @@ def _evaluate(args) -> None:
         seed=args.seed,
         steps=args.steps,
         device=str(resolve_device(args.device)),
+        cell_eval=args.cell_eval,
+        threads=threads_for(0),
     )
     out = Path(args.out) if args.out else Path(args.run_dir) / "eval"
     ev.save(out)
     print(ev.table().to_string(float_format=lambda v: f"{v:.4f}"))
+    if args.cell_eval:
+        from .celleval import vcc_summary
+
+        scores = ", ".join(f"{m} {v:.4f}" for m, v in vcc_summary(ev.metrics).items())
+        print(f"VCC score of the means over held-out conditions, against control: {scores}")
     for s in ev.skipped:
         print(f"skipped {s['perturbation']} / {s['cell_type']}: {s['reason']}", file=sys.stderr)
     table = calibrate_run(
@@ -247,19 +309,25 @@ def _evaluate(args) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args, extra = parser.parse_known_args(argv)
+    if args.command == "app":  # the rest goes to `streamlit run`
+        args.streamlit_args = [a for a in extra if a != "--"]
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
         commands = {
+            "app": _app,
             "train": _train,
             "predict": _predict,
             "evaluate": _evaluate,
             "demo-run": _demo_run,
         }
-        commands[args.command](args)
+        code = commands[args.command](args)
     except DeparturesError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return USER_ERROR
     except KeyboardInterrupt:
         print("interrupted; the last finished epoch is saved (use --resume)", file=sys.stderr)
         return 130
-    return 0
+    return code or 0

@@ -17,10 +17,10 @@ from pathlib import Path
 
 import torch
 
-from . import io, keys
+from . import io, keys, paths
 from .model import atomic_write_text, load_checkpoint, save_checkpoint
 
-DEMO_RUN = io.ASSETS / "demo-run"
+DEMO_RUN = paths.DEMO_RUN
 DEMO_RUN_NAME = "demo"
 # what a run folder needs to be opened, predicted from and shown (no optimiser state)
 SHIPPED = (

@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from . import keys, pp
+from . import keys, paths, pp
 from .errors import (
     DataValidationError,
     InputFileError,
@@ -23,8 +23,8 @@ from .errors import (
 
 HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
 MAX_LOG_VALUE = 50.0  # log1p(CP10k) stays below ~10, log2(TPM + 1) below ~20
-ASSETS = Path(__file__).resolve().parent.parent / "assets"
-DEMO_PATH = ASSETS / "perturbench_devel_norman19_mcfaline23.h5ad"
+ASSETS = paths.ASSETS  # the checkout's assets/, or the copy an install ships
+DEMO_PATH = paths.DEMO_DATA
 
 
 @dataclass(frozen=True)
@@ -144,7 +144,8 @@ def detect_keys(
     DataValidationError
         If ``adata`` has no cells or no genes (there is nothing to detect).
     KeyNotFoundError
-        If no obs column looks like a perturbation label with a control value.
+        If a given column is not in obs, or no obs column looks like a perturbation label
+        with a control value.
     """
     _check_not_empty(adata)
     obs = adata.obs
@@ -171,6 +172,8 @@ def detect_keys(
             f"{where}. Columns present: {', '.join(map(str, obs.columns)) or 'none'}. "
             "Name the perturbation column and its control value explicitly."
         )
+    _check_column(adata, cell_type_key, "cell type")
+    _check_column(adata, dose_key, "dose")
     if cell_type_key is None:
         cell_type_key = next((lowered[c] for c in keys.CELL_TYPE_CANDIDATES if c in lowered), None)
     if dose_key is None:

@@ -19,7 +19,7 @@ import time
 from io import BytesIO
 from pathlib import Path
 
-from . import keys
+from . import keys, paths
 from .config import BridgeConfig, DataConfig, OTConfig, RunConfig, TrainConfig
 from .data import make_split, parse_dose
 from .errors import DeparturesError, RunError
@@ -27,7 +27,6 @@ from .io import rare_perturbations, validate
 from .registry import (
     LAUNCH_FILE,
     LOG_FILE,
-    ROOT,
     UPLOADS,
     RunStatus,
     is_run,
@@ -202,11 +201,13 @@ def torchrun_command(config: RunConfig, data_file: str, run_name: str, processes
 
 
 def _spawn(run_dir: Path, argv: list[str], info: dict) -> int:
+    # a checkout is put on the path (it may not be installed); an install imports as it is
+    importable = [str(paths.CHECKOUT)] if paths.CHECKOUT is not None else []
     env = {
         **os.environ,
         "PYTHONUNBUFFERED": "1",
         "PYTHONFAULTHANDLER": "1",  # a native crash leaves a traceback in train.log
-        "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
+        "PYTHONPATH": os.pathsep.join(filter(None, [*importable, os.environ.get("PYTHONPATH")])),
     }
     command = [sys.executable, "-m", "departures_core", "train", *argv]
     with open(run_dir / LOG_FILE, "ab") as log:
@@ -214,7 +215,7 @@ def _spawn(run_dir: Path, argv: list[str], info: dict) -> int:
         log.flush()
         proc = subprocess.Popen(
             command,
-            cwd=ROOT,
+            cwd=paths.work_dir(),  # relative data paths resolve as in the app
             stdout=log,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,

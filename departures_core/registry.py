@@ -16,10 +16,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from . import keys
+from . import keys, paths
 from .errors import DeparturesError, RunError
 
-ROOT = Path(__file__).resolve().parent.parent
 RUNS_ENV = "DEPARTURES_RUNS_DIR"
 LAUNCH_FILE = "launch.json"
 LOG_FILE = "train.log"
@@ -29,8 +28,9 @@ HISTORY_COLUMNS = ("step", "epoch", "loss_cont", "loss_disc", "loss", "seconds")
 
 
 def default_runs_dir() -> Path:
-    """``$DEPARTURES_RUNS_DIR`` when set, else ``runs/`` at the repository root."""
-    return Path(os.environ.get(RUNS_ENV) or ROOT / "runs").expanduser().resolve()
+    """``$DEPARTURES_RUNS_DIR`` when set, else ``runs/`` at the repository root (installed:
+    ``runs/`` in the current working directory)."""
+    return Path(os.environ.get(RUNS_ENV) or paths.runs_dir()).expanduser().resolve()
 
 
 def safe_name(name: str) -> str:

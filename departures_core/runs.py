@@ -13,12 +13,14 @@ import anndata as ad
 import numpy as np
 import pandas as pd
 import torch
+from pandas.api.types import is_bool_dtype, is_numeric_dtype
 
 from . import distributed, io, keys, pp, responders
 from .config import RunConfig
 from .data import PerturbationData, Split, populations
 from .errors import ConfigError, DeparturesError, RunError, UnknownPerturbationError
 from .model import Departures, atomic_write_text, remove_partial_writes
+from .predicted import to_anndata  # noqa: F401  (explore imports it from here)
 from .responders import draw as draw_non_responders
 from .sample import Simulation, simulate_rows
 from .train import fit, load_model, resolve_device, validation_split
@@ -236,21 +238,32 @@ class ProgressFile:
 def _write_run_files(run_dir: Path, prepared: ad.AnnData, config: RunConfig, split: Split) -> None:
     atomic_write_text(run_dir / keys.SPLIT_FILE, json.dumps(split.to_dict(), indent=2))
     keep = [config.data.perturbation_key, config.data.cell_type_key, config.data.dose_key]
+    # the input's obs keys and var columns, as the input typed them: predictions are written
+    # in the same conventions (`predicted.to_anndata`)
     slim = ad.AnnData(
         X=prepared.X,
-        obs=prepared.obs[[k for k in keep if k]].copy(),
-        var=pd.DataFrame(index=prepared.var_names.copy()),
+        obs=prepared.obs[list(dict.fromkeys(k for k in keep if k))].apply(_storable),
+        var=prepared.var.apply(_storable) if prepared.var.shape[1] else prepared.var.copy(),
         uns={"departures_pp": prepared.uns.get("departures_pp", {})},
     )
-    for col in slim.obs.columns:
-        slim.obs[col] = slim.obs[col].astype(str)
     tmp = run_dir / f".{keys.DATA_FILE}.partial.tmp"  # removed by `remove_partial_writes`
     slim.write_h5ad(tmp, compression="gzip")
     tmp.replace(run_dir / keys.DATA_FILE)
 
 
+def _storable(col: pd.Series) -> pd.Series:
+    """``col`` as h5ad stores it: categories, numbers and booleans kept, anything else text."""
+    kept = isinstance(col.dtype, pd.CategoricalDtype) or is_numeric_dtype(col.dtype)
+    return col if kept or is_bool_dtype(col.dtype) else col.astype(str)
+
+
 def open_data(run_dir: str | Path, config: RunConfig, split: Split) -> PerturbationData:
     """The preprocessed data a run was trained on (saved in the run folder)."""
+    return _open_saved(run_dir, config, split)[0]
+
+
+def _open_saved(run_dir, config: RunConfig, split: Split) -> tuple[PerturbationData, ad.AnnData]:
+    """`open_data`, and the saved AnnData without its matrix (obs keys, var columns)."""
     path = Path(run_dir) / keys.DATA_FILE
     if not path.exists():
         raise RunError(
@@ -261,7 +274,9 @@ def open_data(run_dir: str | Path, config: RunConfig, split: Split) -> Perturbat
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            return populations(io.read(path), config.data, seed=config.seed, split=split)
+            adata = io.read(path)
+            data = populations(adata, config.data, seed=config.seed, split=split)
+            return data, ad.AnnData(obs=adata.obs, var=adata.var)
     except (DeparturesError, OSError, KeyError, ValueError) as exc:
         raise RunError(
             f"{path} cannot be used ({exc}). Copy the run folder again from an intact "
@@ -278,6 +293,9 @@ class Run:
     data: PerturbationData
     epoch: int
     unaffected: dict | None = None  # `calibration.fit_unaffected`; None: all cells respond
+    # the saved data's obs keys and var columns, as the input had them (`predicted`)
+    obs: pd.DataFrame | None = None
+    var: pd.DataFrame | None = None
 
     @property
     def config(self) -> RunConfig:
@@ -292,10 +310,11 @@ def open_run(run_dir: str | Path) -> Run:
             "`python -m departures_core train ... --out RUN_DIR`."
         )
     model, state = load_model(run_dir)
-    data = open_data(run_dir, model.config, model.split)
+    data, saved = _open_saved(run_dir, model.config, model.split)
     if list(data.genes) != list(model.vocab.genes):
         raise RunError(f"{run_dir}: the saved data's genes differ from the model's genes.")
-    return Run(run_dir, model, data, int(state["epoch"]), responders.read(run_dir))
+    epoch, unaffected = int(state["epoch"]), responders.read(run_dir)
+    return Run(run_dir, model, data, epoch, unaffected, obs=saved.obs, var=saved.var)
 
 
 def predict(
@@ -314,6 +333,7 @@ def predict(
     ``cell_type`` None predicts in every cell type where the perturbation was observed
     (all cell types for a perturbation never observed). ``n_cells`` control cells are
     drawn per cell type (all of them when None; with replacement when more are asked).
+    The AnnData keeps the input's obs keys and var columns (`predicted`).
     """
     data, model = run.data, run.model
     if n_cells is not None and n_cells < 1:
@@ -358,7 +378,8 @@ def predict(
         sim,
         pd.concat(obs, ignore_index=True),
         data.genes,
-        {"seed": seed, "steps": len(sim.t) - 1, "unknown_parts": unknown, "run": str(run.path)},
+        {"seed": seed, "steps": len(sim.t) - 1, "unknown_parts": unknown},
+        run=run,
     )
 
 
@@ -421,20 +442,3 @@ def _cell_types_for(data: PerturbationData, perturbation: str, cell_type: str | 
         return [cell_type]
     seen = sorted({c.cell_type for c in data.conditions if c.perturbation == perturbation})
     return seen or data.cell_types
-
-
-def to_anndata(sim: Simulation, obs: pd.DataFrame, genes: list[str], info: dict) -> ad.AnnData:
-    """A `Simulation` as AnnData: X the prediction, layers with both bridges' endpoints."""
-    obs.index = [f"pred_{i}" for i in range(len(obs))]
-    out = ad.AnnData(X=sim.prediction, obs=obs, var=pd.DataFrame(index=list(genes)))
-    out.layers["x1_hat"] = sim.x1_hat.astype(np.float32)
-    if sim.d1_hat is not None:
-        out.layers["activation"] = sim.d1_hat.astype(np.uint8)
-    if sim.x_path is not None:
-        out.obsm[keys.TRAJECTORY_X] = np.ascontiguousarray(
-            sim.x_path.transpose(1, 0, 2), dtype=np.float32
-        )
-        out.obsm[keys.TRAJECTORY_D] = np.ascontiguousarray(sim.d_path.transpose(1, 0, 2))
-        out.uns[keys.TRAJECTORY_T] = sim.t
-    out.uns[keys.PREDICTION_UNS] = info
-    return out

@@ -93,7 +93,11 @@ def test_predict_writes_cells_per_cell_type(cli_run, tmp_path):
     cell_types = set(demo.obs.loc[demo.obs["condition"] == "FOXO4", "cell_type"].astype(str))
     pred = ad.read_h5ad(out)
     assert pred.n_obs == 20 * len(cell_types) and pred.n_vars == 200
-    assert pred.obs["cell_type"].value_counts().to_dict() == {ct: 20 for ct in cell_types}
+    # the input's cell_type column: categorical with all of its categories, as in the input
+    counts = pred.obs["cell_type"].value_counts()
+    assert counts[counts > 0].to_dict() == {ct: 20 for ct in cell_types}
+    assert list(pred.obs["cell_type"].cat.categories) == list(demo.obs["cell_type"].cat.categories)
+    assert pred.uns["departures"]["keys"]["cell_type_key"] == "cell_type"
     assert (pred.obs["perturbation"] == "FOXO4").all()
     assert pred.obs["held_out"].astype(bool).all()
     assert np.isfinite(np.asarray(pred.X)).all() and (np.asarray(pred.X) >= 0).all()
