@@ -14,7 +14,13 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from app import sidebar, state  # noqa: E402
+from departures_core import cache, registry  # noqa: E402  (neither imports numba)
+
+# before anything imports numba (umap-learn does): its compiled kernels persist across
+# server processes under the runs folder
+cache.use_numba_cache(registry.default_runs_dir() / ".cache" / "numba")
+
+from app import run_state, sidebar, state  # noqa: E402
 
 PAGES_DIR = state.PAGES_DIR
 # file, title, icon; views other files add later appear after these, titled by file name
@@ -45,6 +51,6 @@ def _pages() -> list:
 st.set_page_config(page_title="Departures Explorer", page_icon="🧬", layout="wide")
 page = st.navigation(_pages())
 state.init()
-state.warm_up()
+state.warm_up(umap=not run_state.maps_on_disk())
 sidebar.render()
 page.run()

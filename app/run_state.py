@@ -2,8 +2,12 @@
 conditions, simulated cells, UMAP maps and placements, scores, OT couplings and trajectory
 frames.
 
-Everything is cached per run folder and its checkpoint's stamp (size + mtime), so training
-more epochs invalidates it, and shared by every browser session: read, never modify.
+Everything is cached in memory per run folder and its checkpoint's stamp (`cache.stamp`:
+size, mtime, inode), so training more epochs invalidates it, and shared by every browser
+session: read, never modify. What is slow to compute (cells, maps, positions, scores) is
+also kept on disk under ``<runs>/.cache/runs`` (`departures_core.cache`), keyed by the
+checkpoint's content: a new server process finds it there and never fits a UMAP for a
+view shown before.
 """
 
 from __future__ import annotations
@@ -14,16 +18,35 @@ import pandas as pd
 import streamlit as st
 
 from app import state
-from departures_core import registry
+from departures_core import cache, registry
 from departures_core.errors import DeparturesError
+
+DISK_CACHE = ".cache/runs"  # under the runs folder
 
 
 # ------------------------------------------------------------------ exploration of a trained run
-# Everything below is cached per run folder and its checkpoint's stamp (size + mtime), so
-# training more epochs invalidates it, and shared by every session: read, never modify.
+# Everything below is cached per run folder and its checkpoint's stamp, so training more
+# epochs invalidates it, and shared by every session: read, never modify.
 def _stamp(run_dir: Path) -> str:
-    st_ = (run_dir / "model.pt").stat()
-    return f"{st_.st_size}-{st_.st_mtime_ns}"
+    return cache.stamp(run_dir)
+
+
+@st.cache_resource(show_spinner=False, max_entries=8)
+def _disk(path: str, stamp: str, root: str) -> cache.RunCache:
+    """The run's entries on disk (none when its checkpoint changed since ``stamp``)."""
+    return cache.RunCache.for_run(root, path, expect=stamp)
+
+
+def _on_disk(path: str, stamp: str) -> cache.RunCache:
+    return _disk(path, stamp, str(state.runs_dir() / DISK_CACHE))
+
+
+def maps_on_disk() -> bool:
+    """Whether the session's run has a UMAP in the disk cache (its views were shown before)."""
+    run_dir = state.current_run()
+    if run_dir is None or not registry.is_run(run_dir):
+        return False
+    return _on_disk(str(run_dir), _stamp(run_dir)).has("map")
 
 
 @st.cache_resource(show_spinner="Loading the trained model…", max_entries=4)
@@ -78,15 +101,22 @@ def conditions(path: str, stamp: str) -> pd.DataFrame:
 def _simulate(path, stamp, perturbation, cell_type, n_cells, seed, steps, trajectory):
     from departures_core import explore
 
-    return explore.condition_cells(
-        _open_run(path, stamp),
-        perturbation,
-        cell_type,
-        n_cells=n_cells,
-        seed=seed,
-        steps=steps,
-        trajectory=trajectory,
-        device="auto",
+    run = _open_run(path, stamp)
+    request = (perturbation, cell_type, n_cells, seed, steps, trajectory)
+    return _on_disk(path, stamp).get(
+        "cells",
+        request,
+        lambda: explore.condition_cells(
+            run,
+            perturbation,
+            cell_type,
+            n_cells=n_cells,
+            seed=seed,
+            steps=steps,
+            trajectory=trajectory,
+            device="auto",
+        ),
+        explore.cells_codec(run),
     )
 
 
@@ -118,7 +148,13 @@ def condition_cells(
 def _map(path, stamp, perturbations, cell_type, seed):
     from departures_core import explore
 
-    return explore.cell_map(_open_run(path, stamp), list(perturbations), cell_type, seed=seed)
+    run = _open_run(path, stamp)
+    return _on_disk(path, stamp).get(
+        "map",
+        (perturbations, cell_type, seed),
+        lambda: explore.cell_map(run, list(perturbations), cell_type, seed=seed),
+        explore.map_codec(run),
+    )
 
 
 def cell_map(run, perturbations, cell_type: str, *, seed: int = 0):
@@ -130,6 +166,15 @@ def cell_map(run, perturbations, cell_type: str, *, seed: int = 0):
 @st.cache_resource(show_spinner=False, max_entries=64)
 def _placed(path, stamp, perturbations, cell_type, seed, cells_key, what):
     """Coordinates of one cell set of a condition on a map (cached: ``transform`` is slow)."""
+    request = (perturbations, cell_type, seed, cells_key, what)
+    return _on_disk(path, stamp).get(
+        "placed",
+        request,
+        lambda: _place(path, stamp, perturbations, cell_type, seed, cells_key, what),
+    )
+
+
+def _place(path, stamp, perturbations, cell_type, seed, cells_key, what):
     cmap = _map(path, stamp, perturbations, cell_type, seed)
     cells = _cells(path, stamp, *cells_key)
     data = _open_run(path, stamp).data
@@ -156,8 +201,13 @@ def _scores(path, stamp, request, saved_mtime):
 
     run = _open_run(path, stamp)
     saved = Path(path) / "eval" / "metrics.csv"
-    return explore.condition_scores(
-        run, _cells(path, stamp, *request), pd.read_csv(saved) if saved_mtime else None
+    return _on_disk(path, stamp).get(
+        "scores",
+        (request, saved_mtime),
+        lambda: explore.condition_scores(
+            run, _cells(path, stamp, *request), pd.read_csv(saved) if saved_mtime else None
+        ),
+        cache.FRAME,
     )
 
 
@@ -167,6 +217,21 @@ def condition_scores(run, cells) -> pd.DataFrame:
     saved = Path(run.path) / "eval" / "metrics.csv"
     mtime = saved.stat().st_mtime_ns if saved.is_file() else 0
     return _scores(*run_key(run), cells.request, mtime)
+
+
+@st.cache_data(show_spinner=False, max_entries=16)
+def _saved_metrics(path: str, mtime: int) -> pd.DataFrame | None:
+    return pd.read_csv(Path(path) / "eval" / "metrics.csv") if mtime else None
+
+
+def saved_cell_eval(run, perturbation: str, cell_type: str) -> pd.DataFrame | None:
+    """cell-eval's metrics of one condition from the run's saved evaluation (`evaluate
+    --cell-eval`), wide (methods x metrics); None when it has none."""
+    from departures_core import explore
+
+    saved = Path(run.path) / "eval" / "metrics.csv"
+    mtime = saved.stat().st_mtime_ns if saved.is_file() else 0
+    return explore.saved_cell_eval(_saved_metrics(str(run.path), mtime), perturbation, cell_type)
 
 
 # ------------------------------------------------------------------ OT couplings
@@ -196,10 +261,17 @@ def _minibatch_coords(path, stamp, perturbation, cell_type, batch_size, seed, ma
     from departures_core import couplings, explore
 
     run = _open_run(path, stamp)
-    cond = explore.find_condition(run, perturbation, cell_type)
-    cmap = _map(path, stamp, (perturbation,), cell_type, map_seed)
-    rows = couplings.minibatch_rows(cond.control, cond.perturbed, batch_size=batch_size, seed=seed)
-    return tuple(cmap.coords_of(r, run.data.x[r]) for r in rows)
+
+    def compute():
+        cond = explore.find_condition(run, perturbation, cell_type)
+        cmap = _map(path, stamp, (perturbation,), cell_type, map_seed)
+        rows = couplings.minibatch_rows(
+            cond.control, cond.perturbed, batch_size=batch_size, seed=seed
+        )
+        return tuple(cmap.coords_of(r, run.data.x[r]) for r in rows)
+
+    request = (perturbation, cell_type, batch_size, seed, map_seed)
+    return _on_disk(path, stamp).get("minibatch", request, compute)
 
 
 def minibatch_coords(run, perturbation: str, cell_type: str, *, batch_size, seed, map_seed=0):
@@ -216,9 +288,13 @@ def _trajectory_frame(path, stamp, perturbations, cell_type, map_seed, cells_key
     """Map positions of a trajectory's cells at time point ``step`` (one frame, cached)."""
     from departures_core import trajectories
 
-    cmap = _map(path, stamp, perturbations, cell_type, map_seed)
-    cells = _cells(path, stamp, *cells_key)
-    return trajectories.place_frames(cells.simulation, cmap.place, [step])[0]
+    def compute():
+        cmap = _map(path, stamp, perturbations, cell_type, map_seed)
+        cells = _cells(path, stamp, *cells_key)
+        return trajectories.place_frames(cells.simulation, cmap.place, [step])[0]
+
+    request = (perturbations, cell_type, map_seed, cells_key, step)
+    return _on_disk(path, stamp).get("frame", request, compute)
 
 
 def trajectory_frames(run, cmap, cells, steps):

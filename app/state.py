@@ -104,17 +104,47 @@ def _jobs() -> embedding.EmbeddingJobs:
     return embedding.EmbeddingJobs()
 
 
+WARM_UP = "departures-warm-up"  # thread name prefix
+VIEW_MODULES = (  # what the exploration views import (torch comes with explore)
+    "departures_core.explore",
+    "departures_core.explore_figures",
+    "departures_core.couplings",
+    "departures_core.trajectories",
+    "departures_core.activation",
+    "pandas.io.formats.style",  # st.dataframe(df.style): imports matplotlib, ~0.7 s
+)
+
+
 @st.cache_resource(show_spinner=False)
-def warm_up() -> threading.Thread:
-    """Start compiling the UMAP code in the background, once per server process, so that
-    the first map a user opens does not wait for numba (see `explore.warm_up`)."""
+def warm_up(umap: bool = True) -> threading.Thread:
+    """Prepare this server process in the background, once per value of ``umap``: load the
+    code the exploration views run (torch, the model, plotly's figure classes, POT: 5-10 s
+    on 2 cores) and, with ``umap``, compile the UMAP code (numba: about a minute, see
+    `explore.warm_up`), so that the first view a user opens waits for neither.
 
-    def compile_umap() -> None:
-        from departures_core import explore
+    Home asks for the compile only when the session's run has no map in the disk cache: a
+    process that draws its views from there never needs it, and a compile in the background
+    would halve the speed of every render meanwhile (it holds the GIL).
+    """
 
-        explore.warm_up()
+    def prepare() -> None:
+        import importlib
 
-    thread = threading.Thread(target=compile_umap, name="umap-warm-up", daemon=True)
+        import plotly.graph_objects as go
+
+        from departures_core.figures import LAYOUT
+
+        for module in VIEW_MODULES:
+            importlib.import_module(module)
+        for trace in (go.Scatter, go.Scattergl, go.Bar, go.Violin, go.Heatmap):
+            go.Figure(trace(), layout=LAYOUT)  # plotly loads its validators on first use
+        if umap:
+            from departures_core import explore
+
+            explore.warm_up()
+        importlib.import_module("ot")  # POT, for Sinkhorn on the OT couplings view: ~5 s
+
+    thread = threading.Thread(target=prepare, name=f"{WARM_UP}-{umap}", daemon=True)
     thread.start()
     return thread
 

@@ -11,11 +11,15 @@ Streamlit server pays every import again, as a user's first visit does):
 * headless Chromium (Playwright, /usr/bin/chromium): open the app -> Home drawn; click
   "Load the demo dataset" -> UMAP drawn; both together are what a user waits for
 * training launched in the background -> first step reported in progress.json
-* each exploration view (Perturbations, OT couplings, Trajectories, Activation) with a
-  trained demo run, AppTest in a fresh process: the UMAP warm-up started by Home, then
-  each view's first render (samples, UMAP fit and placement computed) and its cached
-  re-render (what a user waits for when coming back or changing a display option).
-  ``--run DIR`` uses a trained run; otherwise the demo is trained with the defaults first.
+* each exploration view (Perturbations, OT couplings, Trajectories, Activation) on a
+  trained demo run, AppTest in a fresh process, then in a second fresh process on the same
+  runs folder (a restart, a talk day): the warm-up Home starts in the background, then
+  each view's first render and its cached re-render (what a user waits for when coming
+  back or changing a display option). The first process computes samples, UMAP fits and
+  placements and leaves them in the disk cache (`departures_core.cache`) and numba's
+  cache; the second should find them there. A third fresh process opens the views without
+  waiting for the warm-up (a user clicking at once). ``--run DIR`` uses a trained run; by
+  default the shipped demo run (what a fresh app opens). ``--views-only``: just these.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import signal
 import socket
 import statistics
@@ -61,12 +66,15 @@ print(json.dumps({{"home": t1 - t0, "data": t2 - t1}}))
 
 
 VIEWS_APPTEST = """
-import json, os, time
+import json, os, sys, threading, time
 t0 = time.perf_counter()
 from streamlit.testing.v1 import AppTest
 at = AppTest.from_file({home!r}, default_timeout=600).run()
 from app import state
-state.warm_up().join()  # the UMAP compile Home starts in the background
+from departures_core import cache
+for thread in threading.enumerate():  # what Home starts in the background: imports, and the
+    if {join} and thread.name.startswith(state.WARM_UP):  # UMAP compile when no map is cached
+        thread.join()
 out = {{"warm-up": time.perf_counter() - t0}}
 at.sidebar.selectbox[0].set_value({run!r}).run()
 for page in ("perturbations", "couplings", "trajectories", "activation"):
@@ -77,6 +85,8 @@ for page in ("perturbations", "couplings", "trajectories", "activation"):
     t = time.perf_counter()
     at.run()
     out[page] = (first, time.perf_counter() - t)
+out["cache"] = dict(cache.stats)
+out["umap imported"] = "umap" in sys.modules
 print(json.dumps(out))
 """
 VIEW_NAMES = {
@@ -85,34 +95,68 @@ VIEW_NAMES = {
     "trajectories": "Trajectories",
     "activation": "Activation",
 }
+SHIPPED_RUN = ROOT / "assets" / "demo-run"
 
 
-def view_times(run_dir: str) -> dict[str, float]:
-    code = VIEWS_APPTEST.format(home=str(HOME), run=run_dir)
-    env = {**os.environ, "DEPARTURES_RUNS_DIR": str(Path(run_dir).parent)}
+def _views_once(run_dir: str, runs_dir: str, *, join: bool = True) -> dict:
+    code = VIEWS_APPTEST.format(home=str(HOME), run=run_dir, join=join)
+    env = {**os.environ, "DEPARTURES_RUNS_DIR": runs_dir}
+    env.pop("NUMBA_CACHE_DIR", None)  # the app keeps it under the runs folder
     out = subprocess.run(
         [sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True
     )
     if out.returncode:
         raise RuntimeError(out.stderr[-3000:])
-    t = json.loads(out.stdout.strip().splitlines()[-1])
-    rows = {"views: UMAP warm-up (numba compile, background)": t["warm-up"]}
-    for page, name in VIEW_NAMES.items():
-        first, cached = t[page]
-        rows[f"views: {name}, first render"] = first
-        rows[f"views: {name}, cached render"] = cached
-    return rows
+    return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def train_demo(runs_dir: str) -> str:
-    """The demo trained with the default settings (what a user gets from the Train page)."""
-    from departures_core import io, runs
-    from departures_core.config import DataConfig, RunConfig
+def view_times(run_dir: str) -> tuple[dict[str, tuple[float, float]], dict]:
+    """Each view's (first, cached) render in a fresh process on an empty runs folder holding a
+    copy of ``run_dir``, then in a second fresh process on the same folder, then in a third
+    that does not wait for Home's background warm-up (a user clicking at once); keyed
+    ``(process, view)``. Also the disk cache's counts of each process."""
+    with tempfile.TemporaryDirectory() as runs_dir:
+        copy = Path(runs_dir) / Path(run_dir).name
+        shutil.copytree(run_dir, copy)
+        rows, info = {}, {}
+        for process in (1, 2, 3):
+            t = _views_once(str(copy), runs_dir, join=process < 3)
+            rows[process, "warm-up"] = (t["warm-up"], float("nan"))
+            for page in VIEW_NAMES:
+                rows[process, page] = tuple(t[page])
+            info[process] = {"cache": t["cache"], "umap imported": t["umap imported"]}
+    return rows, info
 
-    run_dir = Path(runs_dir) / "demo-bench"
-    config = RunConfig(data=DataConfig(cell_type_key="cell_type"))
-    runs.train(io.load_demo(), config, run_dir, progress_bar=False)
-    return str(run_dir)
+
+def print_view_table(rows: dict[tuple, list], info: dict, run: str, repeats: int) -> None:
+    def med(process, page, i=0):
+        return statistics.median(v[i] for v in rows[process, page])
+
+    print(f"\nviews on {run}: fresh process, then fresh process again (median of {repeats})")
+    head = f"{'view':<22} {'1st: first':>10} {'cached':>7} {'2nd: first':>10} {'cached':>7}"
+    print(head + f" {'2nd/1st':>8} {'2nd at once':>12}")
+    print("-" * (len(head) + 22))
+    for page, name in {"warm-up": "warm-up (background)", **VIEW_NAMES}.items():
+        one, two = med(1, page), med(2, page)
+        again1 = again2 = at_once = ""
+        if page != "warm-up":
+            cells = ((1, 1), (2, 1), (3, 0))  # (process, 0: first render / 1: cached)
+            again1, again2, at_once = (f"{med(p, page, i):.2f}" for p, i in cells)
+        print(
+            f"{name:<22} {one:10.2f} {again1:>7} {two:10.2f} {again2:>7} "
+            f"{two / one:8.2f} {at_once:>12}"
+        )
+    for process in (1, 2, 3):
+        c = info[process]["cache"]
+        print(
+            f"process {process}: disk cache {c.get('hit', 0)} hits, {c.get('miss', 0)} misses, "
+            f"{c.get('write', 0)} writes, {c.get('error', 0)} errors; umap imported: "
+            f"{info[process]['umap imported']}"
+        )
+    print(
+        "warm-up: Home's background work, waited for (imports; in the 1st process also the "
+        "UMAP compile). 2nd at once: a 3rd process that does not wait for it."
+    )
 
 
 def _free_port() -> int:
@@ -230,11 +274,13 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--no-browser", action="store_true")
     parser.add_argument("--run", help="a trained demo run for the view timings")
+    parser.add_argument("--views-only", action="store_true", help="only the view timings")
     args = parser.parse_args()
     browser = not args.no_browser and have_browser()
     rows: dict[str, list[float]] = {}
+    views: dict[tuple, list[tuple[float, float]]] = {}
     with tempfile.TemporaryDirectory() as tmp:
-        for _ in range(args.repeats):
+        for _ in range(0 if args.views_only else args.repeats):
             proc, url, seconds = start_server(tmp)
             rows.setdefault("server start -> health", []).append(seconds)
             try:
@@ -246,16 +292,19 @@ def main() -> None:
             for k, v in apptest_times().items():
                 rows.setdefault(k, []).append(v)
             rows.setdefault("training launched -> first step", []).append(first_step(tmp))
-        run_dir = args.run or train_demo(tmp)
+        run_dir = args.run or str(SHIPPED_RUN)
         for _ in range(args.repeats):
-            for k, v in view_times(run_dir).items():
-                rows.setdefault(k, []).append(v)
-    print(f"{'what (fresh processes; median of ' + str(args.repeats) + ')':<52} {'s':>7}")
-    print("-" * 60)
-    for name, values in rows.items():
-        print(f"{name:<52} {statistics.median(values):7.2f}")
-    if not browser:
-        print("(browser rows skipped: needs playwright and /usr/bin/chromium)")
+            measured, info = view_times(run_dir)
+            for k, v in measured.items():
+                views.setdefault(k, []).append(v)
+    if rows:
+        print(f"{'what (fresh processes; median of ' + str(args.repeats) + ')':<52} {'s':>7}")
+        print("-" * 60)
+        for name, values in rows.items():
+            print(f"{name:<52} {statistics.median(values):7.2f}")
+        if not browser:
+            print("(browser rows skipped: needs playwright and /usr/bin/chromium)")
+    print_view_table(views, info, run_dir, args.repeats)
 
 
 if __name__ == "__main__":

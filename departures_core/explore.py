@@ -8,6 +8,7 @@ from __future__ import annotations
 import tempfile
 import threading
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -15,10 +16,10 @@ import anndata as ad
 import numpy as np
 import pandas as pd
 
-from . import keys, metrics
+from . import cache, keys, metrics
 from .data import Condition
 from .errors import ConfigError, UnknownPerturbationError
-from .evaluate import de_genes, mean_shift_predictor
+from .evaluate import METHODS, de_genes, mean_shift_predictor
 from .model import condition_rows
 from .runs import MAX_TRAJECTORY_VALUES, simulate_from  # one memory cap, one sampler entry
 from .sample import Simulation
@@ -146,21 +147,45 @@ def condition_cells(
         trajectory=trajectory,
         device=device,
     )
+    return _assemble(run, cond, np.asarray(start), sim, seed, notice, request)
+
+
+def _assemble(run, cond, start, sim, seed, notice, request) -> ConditionCells:
+    data = run.data
     return ConditionCells(
         perturbation=cond.perturbation,
         cell_type=cond.cell_type,
         dose=cond.dose,
         held_out=cond.held_out,
         genes=list(data.genes),
-        control=data.x[ctrl],
+        control=data.x[cond.control],
         observed=data.x[cond.perturbed],
         predicted=sim.prediction,
-        control_rows=np.asarray(start),
+        control_rows=start,
         simulation=sim,
         seed=seed,
         notice=notice,
         request=request,
     )
+
+
+def cells_codec(run) -> cache.Codec:
+    """How `ConditionCells` of ``run`` are kept on disk (`cache.RunCache`): the simulation and
+    the start rows; control and observed cells are the run's own, taken from it again."""
+
+    def encode(cells: ConditionCells):
+        arrays, sim = cache.dataclass_entry(cells.simulation, prefix="sim.")
+        arrays["control_rows"] = cells.control_rows
+        head = [cells.perturbation, cells.cell_type, cells.seed, cells.notice]
+        return arrays, {"cells": cache.to_tagged([*head, cells.request]), "sim": sim}
+
+    def decode(arrays, meta) -> ConditionCells:
+        perturbation, cell_type, seed, notice, request = cache.from_tagged(meta["cells"])
+        sim = cache.dataclass_from_entry(Simulation, arrays, meta["sim"], prefix="sim.")
+        cond = find_condition(run, perturbation, cell_type)
+        return _assemble(run, cond, arrays["control_rows"], sim, seed, notice, tuple(request))
+
+    return cache.Codec(encode, decode)
 
 
 # ------------------------------------------------------------------ 2-D reducer
@@ -211,15 +236,36 @@ class CellMap:
     """A 2-D map fitted on the control + observed cells of some conditions of one cell type.
 
     ``rows`` are the fit cells' rows in ``run.data.x`` and ``coords`` their positions; other
-    cells (predictions, trajectories) are placed with ``reducer.transform``.
+    cells (predictions, trajectories) are placed with the reducer's ``transform``. A map read
+    back from the disk cache has no reducer until one is needed (`fitted`): most views only
+    need positions that were cached too, and a new process then never imports umap.
     """
 
     cell_type: str
     perturbations: tuple[str, ...]
     rows: np.ndarray
     coords: np.ndarray
-    reducer: Reducer
+    reducer: Reducer | None = None
     seed: int = 0
+    fit_cells: Callable[[], np.ndarray] | None = field(default=None, repr=False)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
+
+    def fitted(self) -> Reducer:
+        """The reducer, fitted again on the ``fit_cells`` when the map came from disk. UMAP with
+        a seed is deterministic, so it lands on ``coords``; a warning says when it did not."""
+        with self._lock:  # one fit, however many sessions ask at once
+            if self.reducer is None:
+                reducer = Reducer(seed=self.seed).fit(self.fit_cells())
+                span = float(np.ptp(self.coords)) if len(self.coords) else 1.0
+                if not np.allclose(reducer.reference, self.coords, atol=1e-3 * span):
+                    warnings.warn(
+                        f"The UMAP of {self.cell_type} fitted again differs from the cached one "
+                        "(another machine or library version?); cells placed now may sit off "
+                        "the cached positions.",
+                        stacklevel=2,
+                    )
+                self.reducer = reducer
+        return self.reducer
 
     def coords_of(self, rows: np.ndarray, x: np.ndarray) -> np.ndarray:
         """Positions of data rows ``rows`` (their expression ``x``): fitted where the row was a
@@ -231,12 +277,12 @@ class CellMap:
         hit = where >= 0
         out[hit] = self.coords[where[hit]]
         if (~hit).any():
-            out[~hit] = self.reducer.transform(np.asarray(x)[~hit])
+            out[~hit] = self.fitted().transform(np.asarray(x)[~hit])
         return out
 
     def place(self, x: np.ndarray) -> np.ndarray:
         """Positions of new cells (rows of ``x``)."""
-        return self.reducer.transform(x)
+        return self.fitted().transform(x)
 
 
 def cell_map(
@@ -252,6 +298,23 @@ def cell_map(
         rows = np.sort(np.random.default_rng(seed).choice(rows, max_cells, replace=False))
     reducer = Reducer(seed=seed).fit(run.data.x[rows])
     return CellMap(cell_type, tuple(perturbations), rows, reducer.reference, reducer, seed)
+
+
+def map_codec(run) -> cache.Codec:
+    """How a `CellMap` of ``run`` is kept on disk: its rows and positions (no reducer)."""
+
+    def encode(cmap: CellMap):
+        meta = {"map": cache.to_tagged([cmap.cell_type, cmap.perturbations, cmap.seed])}
+        return {"rows": cmap.rows, "coords": cmap.coords}, meta
+
+    def decode(arrays, meta) -> CellMap:
+        cell_type, perturbations, seed = cache.from_tagged(meta["map"])
+        rows = arrays["rows"]
+        return CellMap(
+            cell_type, perturbations, rows, arrays["coords"], None, seed, lambda: run.data.x[rows]
+        )
+
+    return cache.Codec(encode, decode)
 
 
 # ------------------------------------------------------------------ scores
@@ -279,12 +342,34 @@ def condition_scores(run, cells: ConditionCells, saved: pd.DataFrame | None = No
             (saved["perturbation"] == cells.perturbation)
             & (saved["cell_type"] == cells.cell_type)
             & ~saved["method"].isin(list(rows))
+            & saved["metric"].isin(metrics.METRIC_NAMES)
         ]
         if len(mine):
             extra = mine.pivot_table(index="method", columns="metric", values="value")
             wide = pd.concat([wide, extra])
     wide.index.name = "method"
     return wide
+
+
+def saved_cell_eval(saved: pd.DataFrame | None, perturbation: str, cell_type: str):
+    """cell-eval's metrics and VCC score of one condition from the run's saved evaluation
+    (``evaluate --cell-eval``; a long metrics.csv), wide: one row per method; None when the
+    evaluation has none for this condition."""
+    from .celleval import METRICS, VCC_SCORE
+
+    if saved is None or not len(saved):
+        return None
+    names = [*METRICS, VCC_SCORE]
+    mine = saved[
+        (saved["perturbation"] == perturbation)
+        & (saved["cell_type"] == cell_type)
+        & saved["metric"].isin(names)
+    ]
+    if not len(mine):
+        return None
+    wide = mine.pivot_table(index="method", columns="metric", values="value", dropna=False)
+    order = [m for m in (*METHODS, *sorted(wide.index)) if m in wide.index]
+    return wide.loc[list(dict.fromkeys(order)), [n for n in names if n in wide.columns]]
 
 
 def top_changes(cells: ConditionCells, n: int = 20) -> pd.DataFrame:
@@ -320,8 +405,8 @@ def predicted_anndata(run, cells_list: list[ConditionCells]) -> ad.AnnData:
                 keys.HELD_OUT: c.held_out,
             }
         )
-        info = {"seed": c.seed, "steps": len(c.simulation.t) - 1, "run": str(run.path)}
-        parts.append(to_anndata(c.simulation, obs, c.genes, info))
+        info = {"seed": c.seed, "steps": len(c.simulation.t) - 1}
+        parts.append(to_anndata(c.simulation, obs, c.genes, info, run=run))
     out = (
         ad.concat(parts, merge="same", uns_merge="first", index_unique="-")
         if len(parts) > 1
