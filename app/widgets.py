@@ -5,6 +5,7 @@ from __future__ import annotations
 import anndata as ad
 import streamlit as st
 
+from app import links
 from departures_core import io
 
 NONE = "(none)"
@@ -55,18 +56,22 @@ def condition_picker(table, *, key: str, multi: bool = False):
 
     ``table`` is `run_state.conditions` (one row per observed condition). Returns
     ``(cell_type, perturbations)`` — a list when ``multi``, else one name. The choice is kept
-    per page (``key``) and shared across pages through ``"pick:*"`` session keys.
+    per page (``key``) and shared across pages through ``"pick:*"`` session keys; a link
+    that has just arrived sets it (`links.linked_condition`), and the URL follows it.
     """
     cell_types = sorted(table["cell_type"].unique())
-    held = table.groupby("cell_type")["held_out"].sum()
+    default = _default_cell_type(table, cell_types)
+    link = links.linked_condition(table, multi=multi, default=default)
+    if link:
+        st.session_state["pick:cell_type"] = default = link[0]
+        if link[1]:
+            st.session_state["pick:perturbations"] = link[1]
+    forced = link is not None
     c_type, c_pert = st.columns([1, 3])
-    default_ct = st.session_state.get("pick:cell_type")
-    if default_ct not in cell_types:
-        default_ct = max(cell_types, key=lambda c: (held.get(c, 0), c == cell_types[0]))
+    _settle(f"{key}-cell-type", default, cell_types, force=forced)
     cell_type = c_type.selectbox(
         "Cell type",
         cell_types,
-        index=cell_types.index(default_ct),
         key=f"{key}-cell-type",
         help="Predictions start from the control cells of this cell type.",
     )
@@ -82,27 +87,46 @@ def condition_picker(table, *, key: str, multi: bool = False):
     last = [p for p in st.session_state.get("pick:perturbations", []) if p in perts]
     help_ = "Held-out perturbations were never trained on: the model predicts them unseen."
     if multi:
+        pert_key = f"{key}-perts-{cell_type}"
+        _settle(pert_key, last or perts[:1], perts, force=forced, many=True)
         picked = c_pert.multiselect(
-            "Perturbations",
-            perts,
-            default=last or perts[:1],
-            format_func=label,
-            key=f"{key}-perts-{cell_type}",
-            help=help_,
+            "Perturbations", perts, format_func=label, key=pert_key, help=help_
         )
         if picked:
             st.session_state["pick:perturbations"] = picked
+        links.write_condition(cell_type, picked)
         return cell_type, picked
-    picked = c_pert.selectbox(
-        "Perturbation",
-        perts,
-        index=perts.index(last[0]) if last else 0,
-        format_func=label,
-        key=f"{key}-pert-{cell_type}",
-        help=help_,
-    )
+    pert_key = f"{key}-pert-{cell_type}"
+    _settle(pert_key, last[0] if last else perts[0], perts, force=forced)
+    picked = c_pert.selectbox("Perturbation", perts, format_func=label, key=pert_key, help=help_)
     st.session_state["pick:perturbations"] = [picked, *(p for p in last if p != picked)]
+    links.write_condition(cell_type, [picked])
     return cell_type, picked
+
+
+def _default_cell_type(table, cell_types: list[str]) -> str:
+    """The cell type picked last on any page, else the one with most held-out conditions."""
+    last = st.session_state.get("pick:cell_type")
+    if last in cell_types:
+        return last
+    held = table.groupby("cell_type")["held_out"].sum()
+    return max(cell_types, key=lambda c: (held.get(c, 0), c == cell_types[0]))
+
+
+def _settle(key: str, default, options: list, *, force: bool, many: bool = False) -> None:
+    """Give widget ``key`` the value ``default`` when it holds none of ``options`` (with
+    ``many``, a list of them), or always with ``force`` (a link has just arrived).
+
+    The widgets take their value from session state only, never from ``index=``/``default=``
+    as well, which Streamlit would warn about once a link has set them.
+    """
+    value = st.session_state.get(key)
+    if many:
+        valid = isinstance(value, list) and set(value) <= set(options)
+    else:
+        valid = value in options
+    if force or not valid:
+        st.session_state[key] = default
 
 
 def figure_download(fig, file_name: str, *, label: str = "Figure (HTML)") -> None:

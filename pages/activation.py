@@ -8,16 +8,17 @@ import re
 import numpy as np
 import streamlit as st
 
-from app import run_state, state, widgets
+from app import links, run_state, state, widgets
 from departures_core import activation, explore_figures
 from departures_core.errors import DeparturesError
 
-st.title("Activation")
+row = links.header("Activation")
 run = run_state.trained_run()
 if run is None:
     st.stop()
 table = run_state.conditions(*run_state.run_key(run))
 cell_type, pert = widgets.condition_picker(table, key="activation")
+links.share(row, "activation")
 n_control = int(table.loc[table["cell_type"] == cell_type, "n_control"].iloc[0])
 c_cells, c_seed, c_thr = st.columns(3)
 n_cells = c_cells.number_input(

@@ -3,7 +3,7 @@ random pairing — the plan as a heatmap and as lines on the UMAP; ε, batch siz
 
 import streamlit as st
 
-from app import run_state, state, widgets
+from app import links, run_state, state, widgets
 from departures_core import couplings, ot
 from departures_core.errors import DeparturesError
 
@@ -11,7 +11,7 @@ EPSILONS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0,
 BATCHES = (8, 16, 32, 64, 128, 256, 512, 1024)
 MAP_SEED = 0  # one UMAP per condition, whatever minibatch is drawn on it
 
-st.title("OT couplings")
+row = links.header("OT couplings")
 st.caption(
     "Training pairs each perturbed cell with a control cell of its condition by entropic "
     "optimal transport (Sinkhorn) on a minibatch. Here is one minibatch: the plan, the pairs "
@@ -23,6 +23,7 @@ if run is None:
 cell_type, pert = widgets.condition_picker(
     run_state.conditions(*run_state.run_key(run)), key="couplings"
 )
+links.share(row, "couplings")
 used = run.config.ot
 c_eps, c_batch, c_cost, c_seed = st.columns([3, 3, 2, 1])
 eps = c_eps.select_slider(

@@ -8,7 +8,7 @@ import re
 import pandas as pd
 import streamlit as st
 
-from app import run_state, sidebar, state, widgets
+from app import links, run_state, sidebar, state, widgets
 from departures_core import explore, explore_figures
 from departures_core.errors import DeparturesError
 
@@ -21,7 +21,7 @@ KEY_METRICS = [
     "pearson_delta_de20",
 ]
 
-st.title("Perturbations")
+row = links.header("Perturbations")
 run = run_state.trained_run()
 if run is None:
     st.stop()
@@ -31,6 +31,7 @@ st.caption(
     f"{int(table['held_out'].sum())} held-out conditions of {len(table)}"
 )
 cell_type, perts = widgets.condition_picker(table, key="perturbations", multi=True)
+links.share(row, "perturbations")
 if not perts:
     st.info("Pick at least one perturbation.", icon=":material/info:")
     st.stop()
@@ -94,6 +95,28 @@ st.caption(
     "columns. Ablations appear when the run was evaluated with "
     "`python -m departures_core evaluate RUN --ablations`."
 )
+vcc = [
+    (c.perturbation, table)
+    for c in cells
+    if (table := run_state.saved_cell_eval(run, c.perturbation, cell_type)) is not None
+]
+if vcc:
+    st.markdown("**Virtual Cell Challenge metrics** (cell-eval, from the run's evaluation)")
+    for pert, table in vcc:
+        shown = table.reset_index().assign(perturbation=pert)
+        st.dataframe(
+            shown[["perturbation", *shown.columns[:-1]]].style.format(
+                dict.fromkeys(table.columns, "{:.3f}"), na_rep="–"
+            ),
+            hide_index=True,
+            width="stretch",
+        )
+    st.caption(
+        "From `evaluate RUN --cell-eval`, on the cells that evaluation predicted (seed 0). "
+        "Higher is better except `mae`; `vcc_score` is the challenge's score against "
+        "`control` (0 by definition). `overlap_at_N` is limited where a condition has few "
+        "significant DE genes, and is 0 for every method where it has none."
+    )
 metric = st.selectbox("Compare", metric_cols, index=0, key="pert-metric")
 bars = explore_figures.method_bars(scores, metric)
 st.plotly_chart(bars, width="stretch")

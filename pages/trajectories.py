@@ -6,18 +6,26 @@ import re
 
 import streamlit as st
 
-from app import run_state, state, widgets
+from app import links, run_state, state, widgets
 from departures_core import explore, trajectories
 from departures_core.errors import DeparturesError
 
 MAP_SEED = 0  # one UMAP per condition, whatever cells are sampled on it
 MAX_CELLS = trajectories.SVG_MAX_CELLS  # bench/animation.py: ~150 ms a frame change here
 SPEEDS = {"slow": 400, "normal": 200, "fast": 100}  # ms per frame
-COLOUR_BY = {"time": "time", "gene expression": "expression", "gene on/off": "on/off"}
+# choice: (trajectories.scene's mode, its name in links: ?colour=)
+COLOUR_BY = {
+    "time": ("time", "time"),
+    "gene expression": ("expression", "expression"),
+    "gene on/off": ("on/off", "onoff"),
+}
+LINK_COLOURS = {name: label for label, (_, name) in COLOUR_BY.items()}
+LINK_PRESENTATION = {"1": True, "0": False}  # ?presentation=
 
-title, switch = st.columns([5, 1], vertical_alignment="bottom")
-title.title("Trajectories")
-presentation = switch.toggle(
+row = links.header("Trajectories")
+links.seed("traj-present", links.PRESENTATION, LINK_PRESENTATION, what="a presentation setting")
+links.seed("traj-mode", links.COLOUR, LINK_COLOURS, what="a colouring of this view")
+presentation = row.toggle(
     "Presentation", key="traj-present", help="Hide the controls and enlarge the figure."
 )
 run = run_state.trained_run()
@@ -60,19 +68,25 @@ except DeparturesError as exc:
     st.stop()
 if cells.notice:
     st.warning(cells.notice, icon=":material/warning:")
+change = explore.top_changes(cells, n=len(cells.genes)).set_index("gene")
+gene_key = f"traj-gene-{pert}-{cell_type}"
+if st.session_state.get("traj-mode", "time") != "time":
+    links.seed(gene_key, links.GENE, {g: g for g in change.index}, what="a gene of this run")
 
 with controls:
     c_mode, c_gene = st.columns([2, 3])
-    mode = COLOUR_BY[c_mode.radio("Colour by", list(COLOUR_BY), horizontal=True, key="traj-mode")]
+    colour_by = c_mode.radio("Colour by", list(COLOUR_BY), horizontal=True, key="traj-mode")
+    mode, colour = COLOUR_BY[colour_by]
     gene = None
     if mode != "time":
-        change = explore.top_changes(cells, n=len(cells.genes)).set_index("gene")
         gene = c_gene.selectbox(
             "Gene (largest observed change first)",
             change.index.tolist(),
             format_func=lambda g: f"{g} (observed {change.at[g, 'observed_change']:+.2f})",
-            key=f"traj-gene-{pert}-{cell_type}",
+            key=gene_key,
         )
+links.write(colour=colour, gene=gene, presentation="1" if presentation else None)
+links.share(row, "trajectories")
 sc = trajectories.scene(cells, coords, steps, mode=mode, gene=gene, target=target, start=start)
 fig = trajectories.animation(sc, presentation=presentation, frame_ms=SPEEDS[speed])
 # theme=None: the chart looks as its HTML export will (and presentation fonts are kept)
