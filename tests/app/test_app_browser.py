@@ -2,6 +2,7 @@
 good one, train, stop, resume, visit every view. Headless Chromium from Debian (/usr/bin/chromium)
 driven by Playwright; skipped when either is missing unless DEPARTURES_REQUIRE_BROWSER=1."""
 
+import contextlib
 import os
 import re
 import shutil
@@ -50,11 +51,11 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture
-def server(tmp_path):
-    """``(url, runs_dir)`` of a fresh Streamlit server; stopped (with its process group)
-    after the test."""
-    port, runs_dir = _free_port(), tmp_path / "runs"
+@contextlib.contextmanager
+def _streamlit(tmp_path, runs_dir, name: str = "streamlit"):
+    """The URL of a fresh Streamlit server process on ``runs_dir``; stopped (with its process
+    group) on exit."""
+    port = _free_port()
     env = {**os.environ, "DEPARTURES_RUNS_DIR": str(runs_dir)}
     cmd = [
         sys.executable,
@@ -67,7 +68,8 @@ def server(tmp_path):
         "--server.address=127.0.0.1",
         "--browser.gatherUsageStats=false",
     ]
-    log = open(tmp_path / "streamlit.log", "wb")
+    log_path = tmp_path / f"{name}.log"
+    log = open(log_path, "wb")
     proc = subprocess.Popen(
         cmd,
         cwd=ROOT,
@@ -86,9 +88,9 @@ def server(tmp_path):
                     break
             except OSError:
                 if proc.poll() is not None or time.monotonic() > end:
-                    raise AssertionError((tmp_path / "streamlit.log").read_text()) from None
+                    raise AssertionError(log_path.read_text()) from None
                 time.sleep(0.3)
-        yield url, runs_dir
+        yield url
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         try:
@@ -97,6 +99,14 @@ def server(tmp_path):
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait(timeout=20)
         log.close()
+
+
+@pytest.fixture
+def server(tmp_path):
+    """``(url, runs_dir)`` of a fresh Streamlit server; stopped after the test."""
+    runs_dir = tmp_path / "runs"
+    with _streamlit(tmp_path, runs_dir) as url:
+        yield url, runs_dir
 
 
 def test_upload_train_stop_resume_and_visit_every_view(server, tmp_path):
@@ -171,6 +181,12 @@ VIEWS = (  # link, page heading
     ("Activation", "Activation"),
 )
 EXPLORATION = ("Perturbations", "OT couplings", "Trajectories", "Activation")
+LAST = {  # text near the end of each exploration view: its script got that far
+    "Perturbations": "Metrics (CSV)",
+    "OT couplings": "Plan summary",
+    "Trajectories": "Download HTML",
+    "Activation": "Activation per gene (CSV)",
+}
 
 
 def _settle(page, what: str = "") -> None:
@@ -187,32 +203,70 @@ def _settle(page, what: str = "") -> None:
         page.wait_for_timeout(250)
 
 
-def test_every_view_renders_with_a_trained_run(server, trained):
-    """With a trained run selected, every page renders in a real browser without an
-    exception box, and the exploration views draw their figures."""
+def _visit(page, url: str, views) -> None:
+    """Open the app at ``url`` and every view of ``views``: each renders without an exception
+    box, and the exploration views draw their figures."""
+    page.goto(url)
+    page.get_by_text("Departures Explorer").first.wait_for()
+    for view, heading in views:
+        page.get_by_role("link", name=view, exact=True).click()
+        page.get_by_role("heading", name=heading).first.wait_for()
+        if view in EXPLORATION:  # they draw figures
+            page.locator(".js-plotly-plot").first.wait_for(timeout=240_000)
+            page.get_by_text(LAST[view]).first.wait_for(timeout=240_000)
+        _settle(page, view)
+        assert page.locator('[data-testid="stException"]').count() == 0, view
+
+
+def _follow_links(page, url: str) -> None:
+    """A bad link gets its message and no exception box; a deep link draws its condition and
+    offers itself to copy (app/links.py)."""
+    page.goto(f"{url}/activation?run=nope&perturbation=KLF1")
+    page.get_by_text("which is not a run in the runs folder").wait_for()
+    assert page.locator('[data-testid="stException"]').count() == 0
+    link = f"{url}/perturbations?run=demo&perturbation=KLF1&cell_type=k562"
+    page.goto(link)
+    page.locator(".js-plotly-plot").first.wait_for(timeout=240_000)
+    _settle(page, "the linked view")
+    title = page.locator(".js-plotly-plot .gtitle").first.text_content()
+    assert title == "KLF1 in k562: predicted vs observed"
+    assert page.locator('[data-testid="stException"]').count() == 0
+    page.get_by_role("button", name="Copy link to this view").click()
+    assert page.get_by_test_id("stCode").inner_text() == link
+
+
+def test_a_fresh_start_draws_every_view_and_a_restart_reads_them_from_disk(tmp_path):
+    """A fresh server on an empty runs folder opens the shipped demo run and draws every
+    view of it. A second server process (a restart, a talk day) then draws the exploration
+    views from the disk cache: no new entry is written (nothing was missed) and every entry
+    is read again - the cache is what keeps its first renders under the 3 s bound
+    (bench/app_speed.py), asserted here by use, not by a time. Then links for talks: a bad
+    one explained, a deep one drawn."""
     sync_playwright = _require_browser()
     from playwright.sync_api import expect
 
-    url, runs_dir = server
-    runs_dir.mkdir(exist_ok=True)
-    shutil.copytree(trained[0], runs_dir / "tiny")
+    runs_dir = tmp_path / "runs"
+    entries = runs_dir / ".cache" / "runs"
     with sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
         try:
             page = browser.new_page(viewport={"width": 1400, "height": 1400})
             page.set_default_timeout(120_000)
-            page.goto(url)
-            page.get_by_text("Departures Explorer").first.wait_for()
-            picker = page.locator('[data-testid="stSidebar"] [data-testid="stSelectbox"]').first
-            picker.click()
-            page.get_by_role("option", name="tiny").first.click()
-            expect(picker.get_by_role("combobox")).to_have_value("tiny (finished)")
-            for view, heading in VIEWS:
-                page.get_by_role("link", name=view, exact=True).click()
-                page.get_by_role("heading", name=heading).first.wait_for()
-                if view in EXPLORATION:  # they draw figures
-                    page.locator(".js-plotly-plot").first.wait_for(timeout=240_000)
-                _settle(page, view)
-                assert page.locator('[data-testid="stException"]').count() == 0, view
+            with _streamlit(tmp_path, runs_dir, "first") as url:
+                _visit(page, url, VIEWS)
+                picker = page.locator('[data-testid="stSidebar"] [data-testid="stSelectbox"]')
+                expect(picker.first.get_by_role("combobox")).to_have_value("demo (finished)")
+                page.get_by_text("The most recently finished run, opened for you").wait_for()
+            written = sorted(entries.rglob("*.npz"))
+            assert written, "the first server wrote nothing to the disk cache"
+            long_ago = time.time() - 3600
+            for path in written:
+                os.utime(path, (long_ago, long_ago))
+            with _streamlit(tmp_path, runs_dir, "second") as url:
+                _visit(page, url, [v for v in VIEWS if v[0] in EXPLORATION])
+                assert sorted(entries.rglob("*.npz")) == written  # no miss in this process
+                unread = [p.name for p in written if p.stat().st_mtime < long_ago + 60]
+                assert not unread, f"not read by the second server: {unread}"
+                _follow_links(page, url)
         finally:
             browser.close()

@@ -1,14 +1,13 @@
 """Links for talks: each exploration view opens on the run and condition its URL names,
 writes its state back into the URL, and says what is wrong with a bad link — never an
-exception. The views draw on the shipped demo run; one browser test opens real links."""
+exception. The views draw on the shipped demo run (AppTest); the browser test in
+test_app_browser.py opens real links on a fresh server."""
 
 import shutil
 
 import pytest
 from app_helpers import HOME, plotly_specs, texts
 from streamlit.testing.v1 import AppTest
-from test_app_browser import ARGS, CHROMIUM, _require_browser, _settle
-from test_app_browser import server as server  # the fixture: a fresh `streamlit run`
 
 from departures_core import demo
 
@@ -160,28 +159,4 @@ def test_bad_trajectories_values_get_a_message(open_link):
     assert at.radio(key="traj-mode").value == "gene expression"
 
 
-def test_a_link_in_a_browser(server):
-    """On a fresh server, a bad link gets its message and no exception box; a deep link
-    draws its condition and offers itself to copy."""
-    sync_playwright = _require_browser()
-    url, _ = server
-    link = f"{url}/perturbations?run=demo&perturbation=KLF1&cell_type=k562"
-    with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
-        try:
-            page = browser.new_page(viewport={"width": 1400, "height": 1100})
-            page.set_default_timeout(120_000)
-            page.goto(f"{url}/activation?run=nope&perturbation=KLF1")
-            page.get_by_text("which is not a run in the runs folder").wait_for()
-            assert page.locator('[data-testid="stException"]').count() == 0
-
-            page.goto(link)
-            page.locator(".js-plotly-plot").first.wait_for(timeout=240_000)  # numba: once
-            _settle(page, "the linked view")
-            title = page.locator(".js-plotly-plot .gtitle").first.text_content()
-            assert title == "KLF1 in k562: predicted vs observed"
-            assert page.locator('[data-testid="stException"]').count() == 0
-            page.get_by_role("button", name="Copy link to this view").click()
-            assert page.get_by_test_id("stCode").inner_text() == link
-        finally:
-            browser.close()
+# In a real browser: test_app_browser.py, test_a_fresh_start_draws_every_view_and_a_restart_...
