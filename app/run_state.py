@@ -195,17 +195,22 @@ def placed(run, cmap, cells, what: str):
     return _placed(*key, cmap.perturbations, cmap.cell_type, cmap.seed, cells.request, what)
 
 
+@st.cache_data(show_spinner=False, max_entries=16)
+def _saved_metrics(path: str, mtime: int) -> pd.DataFrame | None:
+    """The run's saved evaluation (eval/metrics.csv, long), read once per version of it."""
+    return pd.read_csv(Path(path) / "eval" / "metrics.csv") if mtime else None
+
+
 @st.cache_resource(show_spinner=False, max_entries=64)
 def _scores(path, stamp, request, saved_mtime):
     from departures_core import explore
 
     run = _open_run(path, stamp)
-    saved = Path(path) / "eval" / "metrics.csv"
     return _on_disk(path, stamp).get(
         "scores",
         (request, saved_mtime),
         lambda: explore.condition_scores(
-            run, _cells(path, stamp, *request), pd.read_csv(saved) if saved_mtime else None
+            run, _cells(path, stamp, *request), _saved_metrics(path, saved_mtime)
         ),
         cache.FRAME,
     )
@@ -214,14 +219,7 @@ def _scores(path, stamp, request, saved_mtime):
 def condition_scores(run, cells) -> pd.DataFrame:
     """Metrics of ``cells``' condition: Departures (these samples), control, mean_shift, and
     the ablations when the run was evaluated with them (wide: methods x metrics)."""
-    saved = Path(run.path) / "eval" / "metrics.csv"
-    mtime = saved.stat().st_mtime_ns if saved.is_file() else 0
-    return _scores(*run_key(run), cells.request, mtime)
-
-
-@st.cache_data(show_spinner=False, max_entries=16)
-def _saved_metrics(path: str, mtime: int) -> pd.DataFrame | None:
-    return pd.read_csv(Path(path) / "eval" / "metrics.csv") if mtime else None
+    return _scores(*run_key(run), cells.request, _saved_mtime(run))
 
 
 def saved_cell_eval(run, perturbation: str, cell_type: str) -> pd.DataFrame | None:
@@ -229,9 +227,14 @@ def saved_cell_eval(run, perturbation: str, cell_type: str) -> pd.DataFrame | No
     --cell-eval`), wide (methods x metrics); None when it has none."""
     from departures_core import explore
 
+    saved = _saved_metrics(run_key(run)[0], _saved_mtime(run))
+    return explore.saved_cell_eval(saved, perturbation, cell_type)
+
+
+def _saved_mtime(run) -> int:
+    """The version of the run's saved evaluation (0: none), which keys what is read off it."""
     saved = Path(run.path) / "eval" / "metrics.csv"
-    mtime = saved.stat().st_mtime_ns if saved.is_file() else 0
-    return explore.saved_cell_eval(_saved_metrics(str(run.path), mtime), perturbation, cell_type)
+    return saved.stat().st_mtime_ns if saved.is_file() else 0
 
 
 # ------------------------------------------------------------------ OT couplings
