@@ -67,6 +67,10 @@ class ModelConfig:
     grn_threshold: float = 0.3
     grn_max_cells: int = 5000
     token_dropout: float = 0.1  # trains the "unknown perturbation" fallback
+    # share of training rows whose cell-type conditioning (embedding and controls' mean
+    # profile) is dropped; trains the "unseen cell type" fallback, which a cell type with
+    # no training condition takes: the control cell alone says where it starts
+    ct_dropout: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -188,6 +192,10 @@ class RunConfig:
                 f"hold-out fraction must be in [0, 1), got {self.data.holdout_fraction}",
             ),
             (self.model.hidden >= 1 and self.model.cond_dim >= 2, "network sizes must be >= 2"),
+            (
+                0 <= self.model.ct_dropout < 1,
+                f"ct_dropout must be in [0, 1), got {self.model.ct_dropout}",
+            ),
         ]
         for ok, message in rules:
             if not ok:

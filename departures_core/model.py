@@ -96,14 +96,21 @@ def condition_rows(conditions: list[Condition]) -> list[tuple[str, str, float]]:
 
 
 def build_net(
-    vocab: Vocabulary, config: RunConfig, buffers: dict[str, torch.Tensor]
+    vocab: Vocabulary, config: RunConfig, buffers: dict[str, torch.Tensor], split: Split
 ) -> DeparturesNet:
     m = config.model
+    unseen = torch.tensor([ct in split.holdout_cell_types for ct in vocab.cell_types])
     encoder_grn = GRNEncoder(
         buffers["gene_features"], buffers["edge_index"], buffers["edge_weight"], m.cond_dim
     )
     encoder = ConditionEncoder(
-        len(vocab.tokens) + 2, buffers["ct_context"], encoder_grn, m.cond_dim, m.token_dropout
+        len(vocab.tokens) + 2,
+        buffers["ct_context"],
+        encoder_grn,
+        m.cond_dim,
+        m.token_dropout,
+        ct_dropout=m.ct_dropout,
+        ct_unseen=unseen,
     )
     return DeparturesNet(
         len(vocab.genes),
@@ -141,7 +148,7 @@ class Departures:
     def build(cls, data: PerturbationData, config: RunConfig) -> Departures:
         vocab = build_vocabulary(data)
         buffers = data_buffers(data, config, np.random.default_rng(config.seed))
-        return cls(config, vocab, data.split, build_net(vocab, config, buffers))
+        return cls(config, vocab, data.split, build_net(vocab, config, buffers, data.split))
 
     def check_perturbation(self, perturbation: str) -> list[str]:
         """Return the parts that fall back to 'unknown'; raise if all of them do and none is
@@ -190,7 +197,7 @@ class Departures:
                 ("", "ct_context"),
             )
         }
-        net = build_net(vocab, config, buffers)
+        net = build_net(vocab, config, buffers, split)
         net.load_state_dict(weights)
         return cls(config, vocab, split, net)
 

@@ -78,9 +78,17 @@ class ConditionEncoder(nn.Module):
         grn: GRNEncoder,
         dim: int,
         token_dropout: float = 0.1,
+        ct_dropout: float = 0.0,
+        ct_unseen: Tensor | None = None,
     ):
         super().__init__()
         self.token_dropout = token_dropout
+        self.ct_dropout = ct_dropout
+        if ct_unseen is None:
+            ct_unseen = torch.zeros(ct_context.shape[0], dtype=torch.bool)
+        # cell types without a training condition; they take the dropped-conditioning
+        # fallback when it was trained (ct_dropout > 0). Derived from the split, not saved.
+        self.register_buffer("ct_unseen", ct_unseen, persistent=False)
         self.tokens = nn.Embedding(n_tokens, dim, padding_idx=PAD)
         nn.init.normal_(self.tokens.weight, std=0.02)
         with torch.no_grad():
@@ -105,6 +113,11 @@ class ConditionEncoder(nn.Module):
         parts = parts * (cond.tokens != PAD).unsqueeze(-1)  # (n, k, dim)
         pert = self.pert(parts.sum(1) * gate)
         ct = self.ct_embedding(cond.cell_type) + self.ct_proj(self.ct_context[cond.cell_type])
+        if self.ct_dropout > 0:
+            drop = self.ct_unseen[cond.cell_type]
+            if self.training:
+                drop = drop | (torch.rand(len(ct), device=ct.device) < self.ct_dropout)
+            ct = ct * ~drop.unsqueeze(-1)
         return pert + ct
 
 

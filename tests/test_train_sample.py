@@ -333,3 +333,62 @@ def test_on_off_state_of_the_endpoint_is_reproduced(tmp_path):
         for k in (10, 25, 40):
             at_end = (path[k] == path[-1])[differs].mean()
             assert at_end == pytest.approx(k / 50, abs=0.05), (onoff, k)
+
+
+def _with_unseen_cell_type(demo, tiny_config, ct_dropout: float):
+    """A model (untrained: the behaviour is the encoder's) that holds one cell type out."""
+    import dataclasses
+
+    from departures_core.data import populations
+    from departures_core.model import Departures
+
+    cell_types = sorted(demo.obs["cell_type"].unique())
+    config = tiny_config.replace(
+        data=dataclasses.replace(tiny_config.data, holdout_cell_types=(cell_types[0],)),
+        model=ModelConfig(hidden=32, cond_dim=16, ct_dropout=ct_dropout),
+    ).check()
+    data = populations(runs.prepare(demo.copy(), config), config.data, seed=config.seed)
+    assert data.cell_types == cell_types
+    model = Departures.build(data, config)
+    model.net.eval()
+    rows = [("control", ct, 0.0) for ct in cell_types]
+    return model, cell_types, encode(model.vocab, rows)
+
+
+@pytest.mark.parametrize("ct_dropout", [0.0, 0.2])
+def test_an_unseen_cell_type_takes_the_trained_fallback(demo, tiny_config, ct_dropout):
+    model, cell_types, cond = _with_unseen_cell_type(demo, tiny_config, ct_dropout)
+    from departures_core.model import Departures
+
+    reloaded = Departures.from_state(model.state())  # the split says which, not the weights
+    assert reloaded.net.encoder.ct_unseen.tolist() == [True] + [False] * (len(cell_types) - 1)
+    encoder = model.net.encoder
+    before = encoder(cond)
+    with torch.no_grad():  # another control profile for every cell type
+        encoder.ct_context.mul_(2.0).add_(0.5)
+    after = encoder(cond)
+    moved = (after - before).abs().amax(dim=1)
+    assert moved[1:].min() > 1e-4  # a trained cell type is read from its controls
+    if ct_dropout > 0:  # the held-out one takes the fallback dropout trained
+        assert moved[0] == 0
+    else:  # as before the setting existed: its controls' profile is all it has
+        assert moved[0] > 1e-4
+
+
+def test_cell_type_dropout_is_trained_and_checked(demo, tiny_config):
+    model, _, cond = _with_unseen_cell_type(demo, tiny_config, 0.5)
+    encoder = model.net.encoder
+    encoder.token_dropout = 0.0  # only the cell type's part may change here
+    seen = cond[[1] * 400]
+    with torch.no_grad():
+        full = encoder.eval()(seen)
+        torch.manual_seed(0)
+        out = encoder.train()(seen)
+    # about half the rows lose their cell type's part, the others keep it
+    kept = (out - full).abs().amax(1) < 1e-6
+    assert 0.35 < float(kept.float().mean()) < 0.65
+    assert len(torch.unique(out[~kept], dim=0)) == 1  # one fallback for all
+    from departures_core.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="ct_dropout"):
+        RunConfig(model=ModelConfig(ct_dropout=1.0)).check()
