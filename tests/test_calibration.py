@@ -64,6 +64,15 @@ def test_training_conditions_are_as_close_as_the_unchanged_controls(table):
     assert (train["mean_error"] < train["mean_error_control"]).mean() > 0.5
 
 
+def test_trained_conditions_keep_which_genes_are_active(calibrated_run):
+    """Predictions of training conditions switch on the genes the observed cells have on."""
+    data = calibrated_run.data
+    predict = evaluate.model_predictor(calibrated_run, steps=20, mean_cells=0)
+    conds = [c for c in data.train_conditions() if c.cell_type == "k562"][:8]
+    pcc = [metrics.activation_pcc(predict(c), data.x[c.perturbed]) for c in conds]
+    assert np.median(pcc) > 0.9
+
+
 def test_a_perturbation_that_changes_nothing_is_reproduced_near_the_noise_floor(
     calibrated_run, table
 ):
@@ -239,8 +248,12 @@ def test_evaluate_command_writes_the_calibration_report(calibrated_run, tmp_path
     table = pd.read_csv(out / "calibration.csv")
     assert list(table.columns) == list(calibration.COLUMNS)
     assert "calibration" in proc.stdout and "train_null" in proc.stdout
-    methods = set(pd.read_csv(out / "metrics.csv")["method"])
-    assert methods == {"departures", "control", "mean_shift", "pooled_perturbed"}
+    frame = pd.read_csv(out / "metrics.csv")
+    assert list(frame.columns) == ["method", "perturbation", "cell_type", "metric", "value"]
+    assert set(frame["method"]) == {"departures", "control", "mean_shift", "pooled_perturbed"}
+    summary = json.loads((out / "summary.json").read_text())
+    assert set(summary["summary"]["departures"]["e_distance"]) == {"mean", "median", "n"}
+    assert "departures" in proc.stdout and "e_distance" in proc.stdout
     fractions = json.loads((calibrated_run.path / keys.RESPONDERS_FILE).read_text())
     assert set(fractions) == {"condition", "effect", "cell_type", "overall", "shift"}
     assert set(fractions["shift"]) <= {"k562", "A172", "T98G", "U87MG"}

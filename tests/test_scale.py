@@ -182,18 +182,18 @@ def test_torchrun_trains_one_run_with_two_processes(tmp_path):
         assert proc.returncode == 0, proc.stderr[-3000:]
         return proc
 
-    proc = torchrun("--epochs", "2")
+    proc = torchrun("--epochs", "2", "--batch-size", "128")
     history = pd.read_csv(out / "history.csv")
     data = runs.open_run(out).data
     fit_data, _ = train.validation_split(data, TrainConfig.validation, seed=0)
     pairs = sum(len(c.perturbed) for c in fit_data.train_conditions())
-    per_epoch = -(-pairs // (64 * 2))  # both processes' batches make one step
+    per_epoch = -(-pairs // (128 * 2))  # both processes' batches make one step
     assert abs(len(history) - 2 * per_epoch) <= 2
     assert json.loads((out / "progress.json").read_text())["state"] == "finished"
     assert proc.stderr.count("saved run to") == 1  # rank 0 alone reports and writes
     assert not list(out.glob("*.tmp*"))
 
-    torchrun("--resume", "--epochs", "3")
+    torchrun("--resume", "--epochs", "3", "--batch-size", "128")
     resumed = pd.read_csv(out / "history.csv")
     assert resumed["epoch"].max() == 3 and len(resumed) > len(history)
     run = runs.open_run(out)

@@ -101,12 +101,40 @@ def _streamlit(tmp_path, runs_dir, name: str = "streamlit"):
         log.close()
 
 
-@pytest.fixture
-def server(tmp_path):
-    """``(url, runs_dir)`` of a fresh Streamlit server; stopped after the test."""
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    """``(url, runs_dir)`` of one Streamlit server on an empty runs folder, shared by this
+    module's tests in file order (a fresh start first); stopped after them. One server pays
+    umap's numba compile once."""
+    tmp_path = tmp_path_factory.mktemp("browser")
     runs_dir = tmp_path / "runs"
     with _streamlit(tmp_path, runs_dir) as url:
         yield url, runs_dir
+
+
+def test_a_fresh_start_draws_every_view_and_follows_links(server):
+    """A fresh server on an empty runs folder opens the shipped demo run and draws every view
+    of it, writing the exploration views' results to the disk cache (that a restart then
+    reads them all, drawing the same figures, is tests/app/test_app_cache.py). Then links for
+    talks: a bad one explained, a deep one drawn."""
+    sync_playwright = _require_browser()
+    from playwright.sync_api import expect
+
+    url, runs_dir = server
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 1400})
+            page.set_default_timeout(120_000)
+            _visit(page, url, VIEWS)
+            picker = page.locator('[data-testid="stSidebar"] [data-testid="stSelectbox"]')
+            expect(picker.first.get_by_role("combobox")).to_have_value("demo (finished)")
+            page.get_by_text("The most recently finished run, opened for you").wait_for()
+            written = {p.parent.name for p in (runs_dir / ".cache" / "runs").rglob("*.npz")}
+            assert written, "the server wrote nothing to the disk cache"
+            _follow_links(page, url)
+        finally:
+            browser.close()
 
 
 def test_upload_train_stop_resume_and_visit_every_view(server, tmp_path):
@@ -233,40 +261,3 @@ def _follow_links(page, url: str) -> None:
     assert page.locator('[data-testid="stException"]').count() == 0
     page.get_by_role("button", name="Copy link to this view").click()
     assert page.get_by_test_id("stCode").inner_text() == link
-
-
-def test_a_fresh_start_draws_every_view_and_a_restart_reads_them_from_disk(tmp_path):
-    """A fresh server on an empty runs folder opens the shipped demo run and draws every
-    view of it. A second server process (a restart, a talk day) then draws the exploration
-    views from the disk cache: no new entry is written (nothing was missed) and every entry
-    is read again - the cache is what keeps its first renders under the 3 s bound
-    (bench/app_speed.py), asserted here by use, not by a time. Then links for talks: a bad
-    one explained, a deep one drawn."""
-    sync_playwright = _require_browser()
-    from playwright.sync_api import expect
-
-    runs_dir = tmp_path / "runs"
-    entries = runs_dir / ".cache" / "runs"
-    with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
-        try:
-            page = browser.new_page(viewport={"width": 1400, "height": 1400})
-            page.set_default_timeout(120_000)
-            with _streamlit(tmp_path, runs_dir, "first") as url:
-                _visit(page, url, VIEWS)
-                picker = page.locator('[data-testid="stSidebar"] [data-testid="stSelectbox"]')
-                expect(picker.first.get_by_role("combobox")).to_have_value("demo (finished)")
-                page.get_by_text("The most recently finished run, opened for you").wait_for()
-            written = sorted(entries.rglob("*.npz"))
-            assert written, "the first server wrote nothing to the disk cache"
-            long_ago = time.time() - 3600
-            for path in written:
-                os.utime(path, (long_ago, long_ago))
-            with _streamlit(tmp_path, runs_dir, "second") as url:
-                _visit(page, url, [v for v in VIEWS if v[0] in EXPLORATION])
-                assert sorted(entries.rglob("*.npz")) == written  # no miss in this process
-                unread = [p.name for p in written if p.stat().st_mtime < long_ago + 60]
-                assert not unread, f"not read by the second server: {unread}"
-                _follow_links(page, url)
-        finally:
-            browser.close()
