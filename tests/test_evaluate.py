@@ -1,7 +1,6 @@
 """Evaluation: long-format metrics, baselines, ablation configs, the model's sample sizes.
 The `evaluate` command and quality on real data are tested in tests/test_calibration.py."""
 
-
 import anndata as ad
 import numpy as np
 import pandas as pd
@@ -112,5 +111,3 @@ def test_the_model_is_scored_on_its_control_cells_and_its_mean_on_more(run):
     assert out.more.shape == (2 * n, run.data.x.shape[1])
     alone = evaluate.model_predictor(run, steps=3, mean_cells=0)(cond)
     np.testing.assert_array_equal(alone, out.cells)  # the same seed, the same cells
-
-

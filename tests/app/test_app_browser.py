@@ -130,8 +130,8 @@ def test_a_fresh_start_draws_every_view_and_follows_links(server):
             picker = page.locator('[data-testid="stSidebar"] [data-testid="stSelectbox"]')
             expect(picker.first.get_by_role("combobox")).to_have_value("demo (finished)")
             page.get_by_text("The most recently finished run, opened for you").wait_for()
-            written = {p.parent.name for p in (runs_dir / ".cache" / "runs").rglob("*.npz")}
-            assert written, "the server wrote nothing to the disk cache"
+            entries = (runs_dir / ".cache" / "runs").rglob("*.npz")
+            assert any(entries), "the server wrote nothing to the disk cache"
             _follow_links(page, url)
         finally:
             browser.close()
