@@ -75,7 +75,7 @@ def run_one(name: str, seed: int, out: Path, overrides: list[str], refit: bool =
         else:
             seconds = float(pd.read_csv(run_dir / "history.csv")["seconds"].iloc[-1])
         run = runs.open_run(run_dir)
-        sampling = [o for o in overrides if o.startswith("bridge.onoff=")]
+        sampling = [o for o in overrides if o.startswith(("bridge.onoff=", "bridge.transfer="))]
         if sampling:  # a sampling setting also applies to a run trained before
             run.model.config = with_overrides(run.model.config, sampling)
         if refit:

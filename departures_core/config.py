@@ -55,6 +55,10 @@ class BridgeConfig:
     # p(d1 | control cell), then uniform switch times; "sequential" - each gene at its switch
     # time given the genes switched before it (see `sample.simulate`)
     onoff: str = "endpoint"
+    # a perturbation predicted for a cell type it was not trained in keeps, gene by gene,
+    # only the changes that carry over between cell types (`calibration.fit_transfer`);
+    # False: every predicted change is kept
+    transfer: bool = True
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,13 @@ import numpy as np
 from . import calibration, keys
 from .data import PerturbationData
 from .model import Departures, atomic_write_text
-from .sample import Simulation, draw_unchanged, keep_unchanged, simulate_rows
+from .sample import (
+    Simulation,
+    draw_unchanged,
+    keep_genes_unchanged,
+    keep_unchanged,
+    simulate_rows,
+)
 from .train import validation_split
 
 
@@ -59,12 +65,15 @@ def read(run_dir: Path) -> dict | None:
         return None
 
 
-def draw(sim: Simulation, fractions: dict, rows: list, x0: np.ndarray, seed: int) -> None:
+def draw(
+    sim: Simulation, fractions: dict, rows: list, x0: np.ndarray, seed: int, transfer: bool = True
+) -> None:
     """Draw each condition's non-responders into ``sim`` (in place): they stay their control
     cell, with the cell type's shift of its active genes when the fit found one
     (`calibration.shift_active`). A condition without its own fraction takes it from the
     bridges' predicted effect (`calibration.unaffected_source`); ``sim.responders`` says
-    which and from where."""
+    which and from where. Then a perturbation predicted for a cell type it was not trained
+    in keeps, gene by gene, only the changes that carry over (`transfer_genes`)."""
     groups: dict[tuple, list[int]] = {}
     for i, row in enumerate(rows):
         groups.setdefault(row, []).append(i)
@@ -86,3 +95,27 @@ def draw(sim: Simulation, fractions: dict, rows: list, x0: np.ndarray, seed: int
             end[idx] = calibration.shift_active(x0[idx], shifts[cell_type])
     keep_unchanged(sim, x0, keep, end)
     sim.responders_shift = tuple(ct for (_, ct, _) in groups if ct in shifts)
+    if transfer:
+        transfer_genes(sim, fractions, groups, x0, end, seed)
+
+
+def transfer_genes(sim: Simulation, fractions: dict, groups: dict, x0, end, seed: int) -> None:
+    """A perturbation trained only in other cell types: each gene keeps its predicted change
+    in a share of the cells that grows with how far the change stands out of the
+    between-cell-type variance of its trained response (`calibration.fit_transfer`); in the
+    other cells the gene keeps its unperturbed value (``end``, as a non-responder's)."""
+    transfer = fractions.get("transfer") or {}
+    rng = np.random.default_rng([int(seed), 2])
+    sim.transferred = {}
+    for row, idx in groups.items():
+        perturbation, cell_type, dose = row
+        fit = transfer.get(calibration.transfer_key(perturbation, dose))
+        if fit is None or cell_type in fit["cell_types"]:
+            continue
+        idx = np.asarray(idx)
+        change = sim.prediction[idx].mean(0) - x0[idx].mean(0)
+        weight = calibration.transfer_weight(change, fit["variance"])
+        keep = np.zeros(sim.prediction.shape, dtype=bool)
+        keep[idx] = rng.random((len(idx), len(weight))) >= weight
+        keep_genes_unchanged(sim, x0, keep, end)
+        sim.transferred[row] = float(weight.mean())

@@ -410,7 +410,8 @@ def simulate_from(
         device=resolve_device(device),
     )
     if responders and run.unaffected:
-        draw_non_responders(sim, run.unaffected, rows, x0, seed)
+        transfer = run.model.config.bridge.transfer
+        draw_non_responders(sim, run.unaffected, rows, x0, seed, transfer=transfer)
     return sim
 
 

@@ -40,6 +40,9 @@ class Simulation:
     # (perturbation, cell_type, dose) -> (unaffected fraction, where it comes from)
     responders: dict | None = None
     responders_shift: tuple = ()  # cell types whose non-responders carry their shared shift
+    # (perturbation, cell_type, dose) -> mean share of genes kept per cell, for conditions
+    # whose perturbation was trained only in other cell types (`calibration.fit_transfer`)
+    transferred: dict | None = None
 
 
 @torch.no_grad()
@@ -218,3 +221,21 @@ def keep_unchanged(
         t = np.asarray(sim.t, dtype=np.float32)[:, None, None]
         sim.x_path[:, keep] = start[None] + t * (stop - start)[None]
         sim.d_path[:, keep] = (sim.x_path[:, keep] > 0).astype(np.uint8)
+
+
+def keep_genes_unchanged(
+    sim: Simulation, x0: np.ndarray, keep: np.ndarray, end: np.ndarray
+) -> None:
+    """Give the (cell, gene) entries ``keep`` (bool, shape (n, n_genes)) their unperturbed
+    value ``end`` in place, reached in a straight line from ``x0`` as a non-responder is."""
+    if not keep.any():
+        return
+    sim.prediction[keep] = end[keep]
+    sim.x1_hat[keep] = end[keep]
+    if sim.d1_hat is not None:
+        sim.d1_hat[keep] = (end[keep] > 0).astype(sim.d1_hat.dtype)
+    if sim.x_path is not None:
+        t = np.asarray(sim.t, dtype=np.float32)[:, None, None]
+        line = x0[None] + t * (end - x0)[None]
+        sim.x_path[:] = np.where(keep[None], line, sim.x_path)
+        sim.d_path[:] = np.where(keep[None], line > 0, sim.d_path).astype(sim.d_path.dtype)

@@ -228,6 +228,105 @@ def test_a_shift_the_data_hardly_constrain_is_shrunk_to_nothing():
     assert np.abs(calibration.solve_shift(num, den)).max() < 0.2 * raw
 
 
+def _screen_in_cell_types(levels: dict[str, float], changes: dict[str, list[float]]):
+    """Controls of each cell type at ``levels`` (gene 2's mean), and P changing genes 0-2 by
+    ``changes[cell_type]``; ``held`` has P held out."""
+    import anndata as ad
+
+    from departures_core.data import populations
+
+    rng = np.random.default_rng(5)
+    rows, obs = [], []
+    for ct, level in levels.items():
+        for label in ("ctrl", "P"):
+            x = rng.gamma(4.0, 0.25, size=(200, 4))
+            x[:, 2] += level
+            if label == "P":
+                x[:, :3] += changes.get(ct, [0.0, 0.0, 0.0])
+            rows.append(np.maximum(x, 0))
+            obs += [(label, ct)] * 200
+    frame = pd.DataFrame(obs, columns=["pert", "ct"])
+    frame.index = frame.index.astype(str)
+    adata = ad.AnnData(np.vstack(rows).astype(np.float32), obs=frame)
+    adata.var_names = [f"g{i}" for i in range(4)]
+    cfg = DataConfig(
+        perturbation_key="pert", control="ctrl", cell_type_key="ct", holdout_cell_types=("held",)
+    )
+    return populations(adata, cfg, seed=0)
+
+
+def test_the_changes_that_carry_over_between_cell_types_are_told_from_those_that_do_not():
+    """Across four cell types P raises gene 0 by 1 everywhere, gene 1 by 0 or 2 (no pattern),
+    and sets gene 2 back to a common level (a change the controls explain); gene 3 never
+    changes. Only gene 1 keeps a large unexplained variance, and a predicted change of it
+    is kept in few cells."""
+    levels = {"a": 0.0, "b": 1.0, "c": 2.0, "d": 3.0, "held": 1.5}
+    changes = {
+        ct: [1.0, 2.0 * (i % 2), -level, 0.0] for i, (ct, level) in enumerate(levels.items())
+    }
+    data = _screen_in_cell_types(levels, {ct: c[:3] for ct, c in changes.items()})
+    fit = calibration.fit_transfer(data)
+    assert set(fit) == {"P|0"} and fit["P|0"]["cell_types"] == ["a", "b", "c", "d"]
+    variance = np.array(fit["P|0"]["variance"])
+    assert variance[1] > 0.5 and variance[1] > 10 * max(variance[0], variance[2])
+    weight = calibration.transfer_weight([1.0, 1.0, 1.0, 0.0], variance)
+    assert weight[0] > 0.8 and weight[2] > 0.8 and weight[1] < 0.7 and weight[3] == 0.0
+    # two cell types leave the regression no degree of freedom: no estimate
+    two = _screen_in_cell_types({"a": 0.0, "b": 1.0, "held": 1.5}, {"a": [1, 1, 1], "b": [1, 1, 1]})
+    assert calibration.fit_transfer(two) == {}
+
+
+def test_a_perturbation_in_a_cell_type_it_was_not_trained_in_keeps_what_carries_over(
+    calibrated_run,
+):
+    """MAP2K3 was trained in all four cell types; told it was not trained in k562, its k562
+    prediction keeps each gene's change in a share of cells that grows with the change, and
+    the other cells keep the gene's unperturbed value on the whole path."""
+    import copy
+    import dataclasses
+
+    data = calibrated_run.data
+    cond = data.find("MAP2K3", "k562")
+    key = calibration.transfer_key("MAP2K3", cond.dose)
+    fit = calibrated_run.unaffected["transfer"][key]
+    assert "k562" in fit["cell_types"]
+    row = ("MAP2K3", "k562", cond.dose)
+    rows = [row] * len(cond.control)
+    own = calibration.condition_key(*row)
+    every_cell_responds = {  # the non-responders are tested above
+        **calibrated_run.unaffected,
+        "condition": {**calibrated_run.unaffected["condition"], own: 0.0},
+    }
+    as_trained = dataclasses.replace(calibrated_run, unaffected=every_cell_responds)
+    trained = runs.simulate_from(as_trained, cond.control, rows, steps=5, trajectory=True)
+    assert trained.transferred == {}  # a trained condition keeps its prediction
+    unaffected = {
+        **every_cell_responds,
+        "transfer": {key: {**fit, "cell_types": [c for c in fit["cell_types"] if c != "k562"]}},
+    }
+    unseen = dataclasses.replace(calibrated_run, unaffected=unaffected)
+    sim = runs.simulate_from(unseen, cond.control, rows, steps=5, trajectory=True)
+    assert 0.0 < sim.transferred[row] < 1.0
+    x0 = data.x[cond.control]
+    end = calibration.shift_active(x0, calibrated_run.unaffected["shift"].get("k562"))
+    kept = sim.prediction == end  # the cells' unperturbed values, as a non-responder's
+    changed = np.abs(trained.prediction.mean(0) - x0.mean(0))
+    order = np.argsort(changed)
+    assert kept[:, order[-20:]].mean() < kept[:, order[:200]].mean()
+    back = kept & (end != trained.prediction)
+    assert back.any()
+    np.testing.assert_array_equal(sim.x_path[0], x0)
+    np.testing.assert_allclose(sim.x_path[-1][back], end[back], atol=1e-6)
+    assert not (sim.x_path[:, back] > 0)[:, (x0 <= 0)[back]].any()  # zeros stay zeros
+    config = unseen.model.config.replace(
+        bridge=dataclasses.replace(unseen.model.config.bridge, transfer=False)
+    )
+    off = dataclasses.replace(unseen, model=copy.copy(unseen.model))
+    off.model.config = config
+    every = runs.simulate_from(off, cond.control, rows, steps=5, trajectory=True)
+    np.testing.assert_array_equal(every.prediction, trained.prediction)
+
+
 def test_pooled_perturbed_pools_the_training_perturbations_of_the_cell_type(calibrated_run):
     data = calibrated_run.data
     cond = data.find("KLF1", "k562")
