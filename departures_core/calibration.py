@@ -327,9 +327,11 @@ def shift_active(x: np.ndarray, shift: np.ndarray | None) -> np.ndarray:
 # the cell types it was trained in, each gene's mean change is regressed on that cell type's
 # control mean; what the controls do not explain is the between-cell-type variance that a
 # new cell type's change carries on top of anything the model can read off its controls.
-# A predicted change is kept in proportion to how far it stands out of that variance
-# (``change^2 / (change^2 + variance)``, the shrinkage of a normal prior towards no change);
-# elsewhere the cell keeps its unperturbed value.
+# A change is kept in proportion to how far the evidence for it stands out of that variance:
+# ``(change^2 + expected^2) / (change^2 + expected^2 + variance)``, the shrinkage of a normal
+# prior towards no change, with two witnesses of the change, the model's prediction and what
+# the regression expects from the new cell type's controls; elsewhere the cell keeps its
+# unperturbed value.
 MIN_TRANSFER_CELL_TYPES = 3  # the regression has two parameters: at least one degree left
 PRIOR_DOF = 4  # degrees of freedom of the genes' common variance in the moderated estimate
 
@@ -339,10 +341,10 @@ def transfer_key(perturbation: str, dose: float) -> str:
 
 
 def fit_transfer(data: PerturbationData) -> dict:
-    """Per perturbation (and dose) trained in `MIN_TRANSFER_CELL_TYPES` cell types or more:
-    ``{"cell_types": [...], "variance": [per gene]}``, the variance of its mean change
-    across those cell types that their control means leave unexplained (least squares of
-    the change on the control mean, per gene), moderated towards the median over genes with
+    """Per perturbation (and dose) trained in `MIN_TRANSFER_CELL_TYPES` cell types or more,
+    per gene, the least-squares line of its mean change on the control mean across those
+    cell types (``"base"`` and ``"change"``, their means; ``"slope"``) and the variance it
+    leaves unexplained (``"variance"``), moderated towards the median over genes with
     `PRIOR_DOF` degrees of freedom (as limma moderates gene variances): with 3-6 cell types
     each gene's own estimate rests on 1-4 degrees of freedom."""
     groups: dict[str, list[Condition]] = {}
@@ -363,16 +365,29 @@ def fit_transfer(data: PerturbationData) -> dict:
         out[key] = {
             "cell_types": sorted({c.cell_type for c in conds}),
             "variance": np.round(moderated, 8).tolist(),
+            "slope": np.round(slope, 6).tolist(),
+            "base": np.round(base.mean(0), 6).tolist(),
+            "change": np.round(change.mean(0), 6).tolist(),
         }
     return out
 
 
-def transfer_weight(change: np.ndarray, variance) -> np.ndarray:
+def expected_change(fit: dict, control_mean: np.ndarray) -> np.ndarray:
+    """Per gene, the mean change the `fit_transfer` line expects of a cell type whose
+    control mean is ``control_mean``."""
+    if "slope" not in fit:
+        return np.zeros(len(fit["variance"]))
+    slope, base = np.asarray(fit["slope"]), np.asarray(fit["base"])
+    return np.asarray(fit["change"]) + slope * (np.asarray(control_mean, np.float64) - base)
+
+
+def transfer_weight(change: np.ndarray, variance, expected=0.0) -> np.ndarray:
     """Per gene, the share of cells that keep a predicted mean ``change``, given the
-    between-cell-type ``variance`` of `fit_transfer`: ``change^2 / (change^2 + variance)``."""
+    between-cell-type ``variance`` of `fit_transfer` and the change it ``expected``:
+    ``(change^2 + expected^2) / (change^2 + expected^2 + variance)``."""
     change = np.asarray(change, dtype=np.float64)
-    variance = np.asarray(variance, dtype=np.float64)
-    return change**2 / np.maximum(change**2 + variance, 1e-12)
+    evidence = change**2 + np.asarray(expected, dtype=np.float64) ** 2
+    return evidence / np.maximum(evidence + np.asarray(variance, dtype=np.float64), 1e-12)
 
 
 def condition_key(perturbation: str, cell_type: str, dose: float) -> str:

@@ -444,7 +444,17 @@ def responder_note(cells: ConditionCells) -> str | None:
         if cells.cell_type in (cells.simulation.responders_shift or ())
         else ""
     )
-    return (
+    note = (
         f"{cells.perturbation}: {w:.0%} of cells predicted not to respond{drawn} — {source}; "
         f"they stay their control cell{shifted}."
     )
+    row = (cells.perturbation, cells.cell_type, cells.dose)
+    carried = (cells.simulation.transferred or {}).get(row)
+    if carried is not None:
+        note += (
+            f" It was never trained in {cells.cell_type}: each gene keeps its predicted change"
+            f" in a share of the cells that grows with how consistently the cell types it was"
+            f" trained in respond ({carried:.0%} on average); the others keep their control"
+            f" value."
+        )
+    return note

@@ -101,9 +101,10 @@ def draw(
 
 def transfer_genes(sim: Simulation, fractions: dict, groups: dict, x0, end, seed: int) -> None:
     """A perturbation trained only in other cell types: each gene keeps its predicted change
-    in a share of the cells that grows with how far the change stands out of the
-    between-cell-type variance of its trained response (`calibration.fit_transfer`); in the
-    other cells the gene keeps its unperturbed value (``end``, as a non-responder's)."""
+    in a share of the cells that grows with how far the change (predicted, and expected
+    from the cell type's controls) stands out of the between-cell-type variance of its
+    trained response (`calibration.fit_transfer`); in the other cells the gene keeps its
+    unperturbed value (``end``, as a non-responder's)."""
     transfer = fractions.get("transfer") or {}
     rng = np.random.default_rng([int(seed), 2])
     sim.transferred = {}
@@ -114,7 +115,8 @@ def transfer_genes(sim: Simulation, fractions: dict, groups: dict, x0, end, seed
             continue
         idx = np.asarray(idx)
         change = sim.prediction[idx].mean(0) - x0[idx].mean(0)
-        weight = calibration.transfer_weight(change, fit["variance"])
+        expected = calibration.expected_change(fit, x0[idx].mean(0))
+        weight = calibration.transfer_weight(change, fit["variance"], expected)
         keep = np.zeros(sim.prediction.shape, dtype=bool)
         keep[idx] = rng.random((len(idx), len(weight))) >= weight
         keep_genes_unchanged(sim, x0, keep, end)

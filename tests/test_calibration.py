@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from departures_core import calibration, evaluate, keys, metrics, runs
+from departures_core import calibration, evaluate, explore, keys, metrics, runs
 from departures_core.config import DataConfig, RunConfig, TrainConfig
 
 ROOT = Path(evaluate.__file__).resolve().parent.parent
@@ -271,6 +271,13 @@ def test_the_changes_that_carry_over_between_cell_types_are_told_from_those_that
     assert variance[1] > 0.5 and variance[1] > 10 * max(variance[0], variance[2])
     weight = calibration.transfer_weight([1.0, 1.0, 1.0, 0.0], variance)
     assert weight[0] > 0.8 and weight[2] > 0.8 and weight[1] < 0.7 and weight[3] == 0.0
+    # the held-out cell type's controls sit at level 1.5: gene 2 is expected to fall by 1.5
+    held = data.heldout_conditions()[0]
+    expected = calibration.expected_change(fit["P|0"], data.x.mean(held.control))
+    np.testing.assert_allclose(expected[[0, 2, 3]], [1.0, -1.5, 0.0], atol=0.15)
+    # a change the model missed but the controls foretell is kept all the same
+    missed = calibration.transfer_weight(np.zeros(4), variance, expected)
+    assert missed[0] > 0.8 and missed[2] > 0.8 and missed[1] < 0.7
     # two cell types leave the regression no degree of freedom: no estimate
     two = _screen_in_cell_types({"a": 0.0, "b": 1.0, "held": 1.5}, {"a": [1, 1, 1], "b": [1, 1, 1]})
     assert calibration.fit_transfer(two) == {}
@@ -307,6 +314,12 @@ def test_a_perturbation_in_a_cell_type_it_was_not_trained_in_keeps_what_carries_
     unseen = dataclasses.replace(calibrated_run, unaffected=unaffected)
     sim = runs.simulate_from(unseen, cond.control, rows, steps=5, trajectory=True)
     assert 0.0 < sim.transferred[row] < 1.0
+    shown = explore.ConditionCells(
+        *row, False, data.genes, *(np.empty((0, 1)),) * 3, np.arange(0), sim, seed=0
+    )
+    assert "never trained in k562" in explore.responder_note(shown)
+    trained_shown = dataclasses.replace(shown, simulation=trained)
+    assert "never trained" not in explore.responder_note(trained_shown)
     x0 = data.x[cond.control]
     end = calibration.shift_active(x0, calibrated_run.unaffected["shift"].get("k562"))
     kept = sim.prediction == end  # the cells' unperturbed values, as a non-responder's
@@ -354,5 +367,5 @@ def test_evaluate_command_writes_the_calibration_report(calibrated_run, tmp_path
     assert set(summary["summary"]["departures"]["e_distance"]) == {"mean", "median", "n"}
     assert "departures" in proc.stdout and "e_distance" in proc.stdout
     fractions = json.loads((calibrated_run.path / keys.RESPONDERS_FILE).read_text())
-    assert set(fractions) == {"condition", "effect", "cell_type", "overall", "shift"}
+    assert set(fractions) == {"condition", "effect", "cell_type", "overall", "shift", "transfer"}
     assert set(fractions["shift"]) <= {"k562", "A172", "T98G", "U87MG"}

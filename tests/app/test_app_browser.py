@@ -154,43 +154,47 @@ def test_upload_train_stop_resume_and_visit_every_view(server, tmp_path):
         try:
             page = browser.new_page(viewport={"width": 1400, "height": 1600})
             page.set_default_timeout(60_000)
-            page.goto(url)
-            page.get_by_role("link", name="Data", exact=True).click()
-            upload = page.locator('input[type="file"]')
-            upload.set_input_files(str(bad))
-            page.get_by_text("not an .h5ad file").wait_for()
-            assert page.locator('[data-testid="stException"]').count() == 0
-            upload.set_input_files(str(good))
-            page.get_by_text("Ready to train").wait_for(timeout=120_000)
-            expect(page.get_by_text("not an .h5ad file")).to_have_count(0)
+            with _explained(page, runs_dir):
+                page.goto(url)
+                page.get_by_role("link", name="Data", exact=True).click()
+                upload = page.locator('input[type="file"]')
+                upload.set_input_files(str(bad))
+                page.get_by_text("not an .h5ad file").wait_for()
+                assert page.locator('[data-testid="stException"]').count() == 0
+                upload.set_input_files(str(good))
+                page.get_by_text("Ready to train").wait_for(timeout=120_000)
+                expect(page.get_by_text("not an .h5ad file")).to_have_count(0)
+                _settle(page, "the loaded dataset")
 
-            page.get_by_role("link", name="Train", exact=True).click()
-            for label, value in (("Epochs", "2"), ("Genes", "500")):
-                box = page.get_by_role("spinbutton", name=label)
-                box.fill(value)
-                box.press("Enter")
-            page.get_by_text("auto trains on").wait_for()
-            page.wait_for_timeout(500)
-            page.get_by_role("button", name="Start training").click()
-            progress = page.get_by_text(re.compile(r"Training · epoch \d+ · step [1-9]"))
-            progress.wait_for(timeout=120_000)
-            main = page.get_by_test_id("stMainBlockContainer")  # not the header's Stop
-            main.get_by_role("button", name="Stop").click()
-            page.get_by_text(re.compile(r"^Stopped\b.* · step")).wait_for(timeout=120_000)
-            _settle(page, "the stopped run")  # the page redraws once the run has ended
-            main.get_by_role("button", name="Resume").click()
-            expect(main.get_by_role("button", name="Resume")).to_have_count(0)
-            done = page.get_by_text(re.compile(r"^Finished · epoch 2 · step"))
-            done.wait_for(timeout=600_000)
-            assert page.locator('[data-testid="stException"]').count() == 0
+                page.get_by_role("link", name="Train", exact=True).click()
+                page.get_by_role("heading", name="Start a new run").wait_for(timeout=180_000)
+                _settle(page, "the Train page")
+                for label, value in (("Epochs", "2"), ("Genes", "500")):
+                    box = page.get_by_role("spinbutton", name=label)
+                    box.fill(value, timeout=180_000)
+                    box.press("Enter")
+                page.get_by_text("auto trains on").wait_for()
+                page.wait_for_timeout(500)
+                page.get_by_role("button", name="Start training").click()
+                progress = page.get_by_text(re.compile(r"Training · epoch \d+ · step [1-9]"))
+                progress.wait_for(timeout=120_000)
+                main = page.get_by_test_id("stMainBlockContainer")  # not the header's Stop
+                main.get_by_role("button", name="Stop").click()
+                page.get_by_text(re.compile(r"^Stopped\b.* · step")).wait_for(timeout=120_000)
+                _settle(page, "the stopped run")  # the page redraws once the run has ended
+                main.get_by_role("button", name="Resume").click()
+                expect(main.get_by_role("button", name="Resume")).to_have_count(0)
+                done = page.get_by_text(re.compile(r"^Finished · epoch 2 · step"))
+                done.wait_for(timeout=600_000)
+                assert page.locator('[data-testid="stException"]').count() == 0
 
-            for view, heading in VIEWS:
-                page.get_by_role("link", name=view, exact=True).click()
-                page.get_by_role("heading", name=heading).first.wait_for()
-                if view in EXPLORATION:
-                    page.locator(".js-plotly-plot").first.wait_for(timeout=240_000)
-                _settle(page, view)
-                assert page.locator('[data-testid="stException"]').count() == 0, view
+                for view, heading in VIEWS:
+                    page.get_by_role("link", name=view, exact=True).click()
+                    page.get_by_role("heading", name=heading).first.wait_for()
+                    if view in EXPLORATION:
+                        page.locator(".js-plotly-plot").first.wait_for(timeout=240_000)
+                    _settle(page, view)
+                    assert page.locator('[data-testid="stException"]').count() == 0, view
         finally:
             browser.close()
     (run_dir,) = [r.path for r in registry.list_runs(runs_dir) if r.name != "demo"]
@@ -229,6 +233,20 @@ def _settle(page, what: str = "") -> None:
             page.screenshot(path="/tmp/shots/stuck.png")
             raise AssertionError(f"{what} did not finish rendering in 4 minutes")
         page.wait_for_timeout(250)
+
+
+@contextlib.contextmanager
+def _explained(page, runs_dir):
+    """A failure says what the page showed and what the server printed last."""
+    try:
+        yield
+    except Exception as exc:
+        try:
+            shown = page.inner_text("body", timeout=5_000)[-3000:]
+        except Exception:  # noqa: BLE001 - the page itself may be what failed
+            shown = "(the page could not be read)"
+        log = (runs_dir.parent / "streamlit.log").read_text(errors="replace")[-3000:]
+        raise AssertionError(f"{exc}\n--- page ---\n{shown}\n--- server ---\n{log}") from exc
 
 
 def _visit(page, url: str, views) -> None:
