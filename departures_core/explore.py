@@ -431,6 +431,25 @@ def warm_up() -> None:
     Reducer().fit(x).transform(x[:4])
 
 
+def held_out_note(data, cells: list[ConditionCells]) -> str | None:
+    """One sentence on which of the shown conditions were held out: perturbations never
+    trained at all, and those trained only in other cell types; None when none was."""
+    trained = {}
+    for cond in data.train_conditions():
+        trained.setdefault(cond.perturbation, set()).add(cond.cell_type)
+    held = [c for c in cells if c.held_out]
+    never = [c.perturbation for c in held if c.perturbation not in trained]
+    elsewhere = [c for c in held if c.perturbation in trained]
+    parts = []
+    if never:
+        parts.append(f"Never trained on (held out): {', '.join(never)}.")
+    for c in elsewhere:
+        types = sorted(trained[c.perturbation])
+        shown = ", ".join(types[:6]) + (f" and {len(types) - 6} more" if len(types) > 6 else "")
+        parts.append(f"{c.perturbation} was held out in {c.cell_type}; it was trained in {shown}.")
+    return " ".join(parts) or None
+
+
 def responder_note(cells: ConditionCells) -> str | None:
     """One sentence on the share of this condition's cells predicted not to respond, and where
     that share comes from; None when every cell responds (no ``responders.json``)."""

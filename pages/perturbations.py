@@ -75,10 +75,8 @@ st.caption(
     "UMAP fitted on the control cells and the observed perturbed cells; predicted cells are "
     "placed on it with the fitted map's `transform`. Open diamonds: predicted; filled: observed."
 )
-held = [c.perturbation for c in cells if c.held_out]
-if held:
-    st.caption(f"Never trained on (held out): {sidebar.escape(', '.join(held))}.")
-for note in filter(None, (explore.responder_note(c) for c in cells)):
+notes = [explore.held_out_note(run.data, cells)] + [explore.responder_note(c) for c in cells]
+for note in filter(None, notes):
     st.caption(sidebar.escape(note))
 
 st.subheader("Metrics against the baselines")

@@ -1,6 +1,7 @@
 """A faithful generator: training conditions reproduced without bias, null conditions near the
 noise floor, non-responders estimated, and the calibration report of `evaluate`."""
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -278,6 +279,15 @@ def test_the_changes_that_carry_over_between_cell_types_are_told_from_those_that
     # a change the model missed but the controls foretell is kept all the same
     missed = calibration.transfer_weight(np.zeros(4), variance, expected)
     assert missed[0] > 0.8 and missed[2] > 0.8 and missed[1] < 0.7
+    # the page says the held-out condition was trained in other cell types, not never
+    shown = explore.ConditionCells(
+        "P", "held", 0.0, True, data.genes, *(np.empty((0, 4)),) * 3, np.arange(0), None, 0
+    )
+    note = explore.held_out_note(data, [shown])
+    assert note == "P was held out in held; it was trained in a, b, c, d."
+    never = dataclasses.replace(shown, perturbation="Q")
+    assert explore.held_out_note(data, [never]) == "Never trained on (held out): Q."
+    assert explore.held_out_note(data, [dataclasses.replace(shown, held_out=False)]) is None
     # two cell types leave the regression no degree of freedom: no estimate
     two = _screen_in_cell_types({"a": 0.0, "b": 1.0, "held": 1.5}, {"a": [1, 1, 1], "b": [1, 1, 1]})
     assert calibration.fit_transfer(two) == {}
