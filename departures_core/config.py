@@ -56,7 +56,7 @@ class BridgeConfig:
     # time given the genes switched before it (see `sample.simulate`)
     onoff: str = "endpoint"
     # a perturbation predicted for a cell type it was not trained in keeps, gene by gene,
-    # only the changes that carry over between cell types (`calibration.fit_transfer`);
+    # only the changes that carry over between cell types (`transfer.fit`);
     # False: every predicted change is kept
     transfer: bool = True
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import calibration, keys
+from . import calibration, keys, transfer
 from .data import PerturbationData
 from .model import Departures, atomic_write_text
 from .sample import (
@@ -103,20 +103,21 @@ def transfer_genes(sim: Simulation, fractions: dict, groups: dict, x0, end, seed
     """A perturbation trained only in other cell types: each gene keeps its predicted change
     in a share of the cells that grows with how far the change (predicted, and expected
     from the cell type's controls) stands out of the between-cell-type variance of its
-    trained response (`calibration.fit_transfer`); in the other cells the gene keeps its
+    trained response (`transfer.fit`); in the other cells the gene keeps its
     unperturbed value (``end``, as a non-responder's)."""
-    transfer = fractions.get("transfer") or {}
+    fits = fractions.get("transfer") or {}
     rng = np.random.default_rng([int(seed), 2])
     sim.transferred = {}
     for row, idx in groups.items():
         perturbation, cell_type, dose = row
-        fit = transfer.get(calibration.transfer_key(perturbation, dose))
+        fit = fits.get(transfer.key(perturbation, dose))
         if fit is None or cell_type in fit["cell_types"]:
             continue
         idx = np.asarray(idx)
-        change = sim.prediction[idx].mean(0) - x0[idx].mean(0)
-        expected = calibration.expected_change(fit, x0[idx].mean(0))
-        weight = calibration.transfer_weight(change, fit["variance"], expected)
+        control_mean = x0[idx].mean(0)
+        change = sim.prediction[idx].mean(0) - control_mean
+        expected = transfer.expected_change(fit, control_mean)
+        weight = transfer.weight(change, fit["variance"], expected)
         keep = np.zeros(sim.prediction.shape, dtype=bool)
         keep[idx] = rng.random((len(idx), len(weight))) >= weight
         keep_genes_unchanged(sim, x0, keep, end)

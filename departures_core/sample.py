@@ -41,7 +41,7 @@ class Simulation:
     responders: dict | None = None
     responders_shift: tuple = ()  # cell types whose non-responders carry their shared shift
     # (perturbation, cell_type, dose) -> mean share of genes kept per cell, for conditions
-    # whose perturbation was trained only in other cell types (`calibration.fit_transfer`)
+    # whose perturbation was trained only in other cell types (`transfer.fit`)
     transferred: dict | None = None
 
 

@@ -9,7 +9,7 @@ import pandas as pd
 import streamlit as st
 
 from app import links, run_state, sidebar, state, widgets
-from departures_core import explore, explore_figures
+from departures_core import explore, explore_figures, notes
 from departures_core.errors import DeparturesError
 
 KEY_METRICS = [
@@ -75,8 +75,8 @@ st.caption(
     "UMAP fitted on the control cells and the observed perturbed cells; predicted cells are "
     "placed on it with the fitted map's `transform`. Open diamonds: predicted; filled: observed."
 )
-notes = [explore.held_out_note(run.data, cells)] + [explore.responder_note(c) for c in cells]
-for note in filter(None, notes):
+said = [notes.held_out_note(run.data, cells)] + [notes.responder_note(c) for c in cells]
+for note in filter(None, said):
     st.caption(sidebar.escape(note))
 
 st.subheader("Metrics against the baselines")

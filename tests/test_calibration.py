@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from departures_core import calibration, evaluate, explore, keys, metrics, runs
+from departures_core import calibration, evaluate, explore, keys, metrics, notes, runs, transfer
 from departures_core.config import DataConfig, RunConfig, TrainConfig
 
 ROOT = Path(evaluate.__file__).resolve().parent.parent
@@ -266,31 +266,31 @@ def test_the_changes_that_carry_over_between_cell_types_are_told_from_those_that
         ct: [1.0, 2.0 * (i % 2), -level, 0.0] for i, (ct, level) in enumerate(levels.items())
     }
     data = _screen_in_cell_types(levels, {ct: c[:3] for ct, c in changes.items()})
-    fit = calibration.fit_transfer(data)
+    fit = transfer.fit(data)
     assert set(fit) == {"P|0"} and fit["P|0"]["cell_types"] == ["a", "b", "c", "d"]
     variance = np.array(fit["P|0"]["variance"])
     assert variance[1] > 0.5 and variance[1] > 10 * max(variance[0], variance[2])
-    weight = calibration.transfer_weight([1.0, 1.0, 1.0, 0.0], variance)
+    weight = transfer.weight([1.0, 1.0, 1.0, 0.0], variance)
     assert weight[0] > 0.8 and weight[2] > 0.8 and weight[1] < 0.7 and weight[3] == 0.0
     # the held-out cell type's controls sit at level 1.5: gene 2 is expected to fall by 1.5
     held = data.heldout_conditions()[0]
-    expected = calibration.expected_change(fit["P|0"], data.x.mean(held.control))
+    expected = transfer.expected_change(fit["P|0"], data.x.mean(held.control))
     np.testing.assert_allclose(expected[[0, 2, 3]], [1.0, -1.5, 0.0], atol=0.15)
     # a change the model missed but the controls foretell is kept all the same
-    missed = calibration.transfer_weight(np.zeros(4), variance, expected)
+    missed = transfer.weight(np.zeros(4), variance, expected)
     assert missed[0] > 0.8 and missed[2] > 0.8 and missed[1] < 0.7
     # the page says the held-out condition was trained in other cell types, not never
     shown = explore.ConditionCells(
         "P", "held", 0.0, True, data.genes, *(np.empty((0, 4)),) * 3, np.arange(0), None, 0
     )
-    note = explore.held_out_note(data, [shown])
+    note = notes.held_out_note(data, [shown])
     assert note == "P was held out in held; it was trained in a, b, c, d."
     never = dataclasses.replace(shown, perturbation="Q")
-    assert explore.held_out_note(data, [never]) == "Never trained on (held out): Q."
-    assert explore.held_out_note(data, [dataclasses.replace(shown, held_out=False)]) is None
+    assert notes.held_out_note(data, [never]) == "Never trained on (held out): Q."
+    assert notes.held_out_note(data, [dataclasses.replace(shown, held_out=False)]) is None
     # two cell types leave the regression no degree of freedom: no estimate
     two = _screen_in_cell_types({"a": 0.0, "b": 1.0, "held": 1.5}, {"a": [1, 1, 1], "b": [1, 1, 1]})
-    assert calibration.fit_transfer(two) == {}
+    assert transfer.fit(two) == {}
 
 
 def test_a_perturbation_in_a_cell_type_it_was_not_trained_in_keeps_what_carries_over(
@@ -304,7 +304,7 @@ def test_a_perturbation_in_a_cell_type_it_was_not_trained_in_keeps_what_carries_
 
     data = calibrated_run.data
     cond = data.find("MAP2K3", "k562")
-    key = calibration.transfer_key("MAP2K3", cond.dose)
+    key = transfer.key("MAP2K3", cond.dose)
     fit = calibrated_run.unaffected["transfer"][key]
     assert "k562" in fit["cell_types"]
     row = ("MAP2K3", "k562", cond.dose)
@@ -327,9 +327,9 @@ def test_a_perturbation_in_a_cell_type_it_was_not_trained_in_keeps_what_carries_
     shown = explore.ConditionCells(
         *row, False, data.genes, *(np.empty((0, 1)),) * 3, np.arange(0), sim, seed=0
     )
-    assert "never trained in k562" in explore.responder_note(shown)
+    assert "never trained in k562" in notes.responder_note(shown)
     trained_shown = dataclasses.replace(shown, simulation=trained)
-    assert "never trained" not in explore.responder_note(trained_shown)
+    assert "never trained" not in notes.responder_note(trained_shown)
     x0 = data.x[cond.control]
     end = calibration.shift_active(x0, calibrated_run.unaffected["shift"].get("k562"))
     kept = sim.prediction == end  # the cells' unperturbed values, as a non-responder's
