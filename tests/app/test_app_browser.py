@@ -33,7 +33,11 @@ ARGS = [
 
 def _require_browser():
     try:
-        from playwright.sync_api import sync_playwright
+        from playwright.sync_api import expect, sync_playwright
+
+        # assertions wait as long as actions: two cores under the suite's load can take
+        # longer than expect()'s default 5 s to draw a page
+        expect.set_options(timeout=60_000)
     except ImportError:
         sync_playwright, why = None, "playwright is missing (pip install -r requirements-dev.txt)"
     else:
