@@ -66,14 +66,22 @@ def read(run_dir: Path) -> dict | None:
 
 
 def draw(
-    sim: Simulation, fractions: dict, rows: list, x0: np.ndarray, seed: int, transfer: bool = True
+    sim: Simulation,
+    fractions: dict,
+    rows: list,
+    x0: np.ndarray,
+    seed: int,
+    transfer: bool = True,
+    sources: np.ndarray | None = None,
 ) -> None:
     """Draw each condition's non-responders into ``sim`` (in place): they stay their control
     cell, with the cell type's shift of its active genes when the fit found one
     (`calibration.shift_active`). A condition without its own fraction takes it from the
     bridges' predicted effect (`calibration.unaffected_source`); ``sim.responders`` says
     which and from where. Then a perturbation predicted for a cell type it was not trained
-    in keeps, gene by gene, only the changes that carry over (`transfer_genes`)."""
+    in keeps, gene by gene, only the changes that carry over (`transfer_genes`).
+    ``sources`` (the control cell each row starts from) spreads a condition's
+    non-responders evenly over its control cells (`sample.draw_unchanged`)."""
     groups: dict[tuple, list[int]] = {}
     for i, row in enumerate(rows):
         groups.setdefault(row, []).append(i)
@@ -86,6 +94,7 @@ def draw(
         [w for w, _ in sim.responders.values()],
         len(rows),
         seed,
+        sources,
     )
     x0 = np.asarray(x0, dtype=np.float32)
     shifts = fractions.get("shift") or {}

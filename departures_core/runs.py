@@ -411,7 +411,9 @@ def simulate_from(
     )
     if responders and run.unaffected:
         transfer = run.model.config.bridge.transfer
-        draw_non_responders(sim, run.unaffected, rows, x0, seed, transfer=transfer)
+        draw_non_responders(
+            sim, run.unaffected, rows, x0, seed, transfer=transfer, sources=np.asarray(start)
+        )
     return sim
 
 

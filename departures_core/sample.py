@@ -188,18 +188,40 @@ def simulate_rows(
     )
 
 
-def draw_unchanged(groups: list[np.ndarray], fractions: list[float], n: int, seed: int):
+def draw_unchanged(
+    groups: list[np.ndarray],
+    fractions: list[float],
+    n: int,
+    seed: int,
+    sources: np.ndarray | None = None,
+):
     """Which of ``n`` cells do not respond: in each group of rows (one condition), a random
     ``fraction`` of them - exactly ``floor(fraction * size)`` or one more, with the
     probability that makes the expected count ``fraction * size``. Drawing a count rather
     than each cell on its own keeps the share shown equal to the fraction, and the
-    prediction's mean shift from sampling noise."""
+    prediction's mean shift from sampling noise.
+
+    ``sources`` (one id per cell, e.g. the control cell it starts from) stratifies the draw:
+    the copies of one source get ``floor`` or ``ceil`` of ``fraction`` times their number,
+    so the non-responders and the responders start from the same control cells rather than
+    from a random split of them (systematic sampling over the cells ordered by source)."""
     rng = np.random.default_rng([int(seed), 1])
     keep = np.zeros(n, dtype=bool)
     for rows, w in zip(groups, fractions, strict=True):
-        expected = float(np.clip(w, 0.0, 1.0)) * len(rows)
-        count = int(expected) + int(rng.random() < expected - int(expected))
-        keep[rng.permutation(rows)[:count]] = True
+        rows = np.asarray(rows)
+        w = float(np.clip(w, 0.0, 1.0))
+        if sources is None:
+            order = rng.permutation(len(rows))
+        else:
+            _, source = np.unique(np.asarray(sources)[rows], return_inverse=True)
+            rank = rng.permutation(source.max() + 1 if len(source) else 0)[source]
+            order = np.lexsort((rng.random(len(rows)), rank))
+        # systematic sampling with a random start: floor(n w) or one more cells in all,
+        # and within any run of consecutive cells (one source's copies) as evenly
+        start = rng.random()
+        position = np.arange(len(rows))
+        take = np.floor((position + 1) * w + start) > np.floor(position * w + start)
+        keep[rows[order[take]]] = True
     return keep
 
 

@@ -146,6 +146,27 @@ def test_the_share_of_non_responders_drawn_is_the_fraction():
     assert not np.array_equal(keep, draw_unchanged(groups, [0.3, 1.0, 0.0], 153, seed=5))
 
 
+def test_non_responders_are_spread_evenly_over_the_control_cells_they_start_from():
+    """2,000 cells started from 100 control cells (20 copies each, as the means of a
+    prediction are read): every control cell gives 14 of its 20 copies as non-responders
+    when 70 % do not respond, so the responders start from the same controls; without
+    ``sources`` a random split leaves some control cells with far more than others."""
+    from departures_core.sample import draw_unchanged
+
+    sources = np.resize(np.arange(100), 2000)
+    rows = np.arange(2000)
+    for seed in range(5):
+        keep = draw_unchanged([rows], [0.7], 2000, seed=seed, sources=sources)
+        assert keep.sum() == 1400
+        per_source = np.bincount(sources[keep], minlength=100)
+        assert per_source.min() == per_source.max() == 14
+    uneven = np.bincount(sources[draw_unchanged([rows], [0.7], 2000, seed=0)], minlength=100)
+    assert uneven.max() - uneven.min() >= 4
+    # a fraction that does not divide the copies: 7 or 8 of 20, never fewer or more
+    keep = draw_unchanged([rows], [0.37], 2000, seed=3, sources=sources)
+    assert keep.sum() == 740 and set(np.bincount(sources[keep], minlength=100)) <= {7, 8}
+
+
 def test_a_held_out_condition_reports_where_its_fraction_comes_from(calibrated_run):
     data = calibrated_run.data
     cond = data.find("KLF1", "k562")
