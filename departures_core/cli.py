@@ -69,6 +69,12 @@ def _parser() -> argparse.ArgumentParser:
         "processes, at most half of them for one process)",
     )
     t.add_argument("--lr", type=float, default=tr.lr)
+    t.add_argument(
+        "--ema",
+        type=float,
+        default=tr.ema,
+        help="keep a moving average of the weights with this decay (0: the last weights)",
+    )
     t.add_argument("--n-genes", type=int, default=d.n_genes)
     t.add_argument("--min-cells", type=int, default=d.min_cells)
     t.add_argument(
@@ -212,6 +218,7 @@ def _config(args, adata) -> RunConfig:
             epochs=args.epochs,
             batch_size=args.batch_size,
             lr=args.lr,
+            ema=args.ema,
             device=args.device,
             threads=args.threads,
         ),
@@ -234,6 +241,7 @@ def _train(args) -> None:
             epochs=args.epochs,
             batch_size=args.batch_size,
             lr=args.lr,
+            ema=args.ema,
             device=args.device,
             threads=args.threads,
         )

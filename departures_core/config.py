@@ -92,6 +92,9 @@ class TrainConfig:
     batch_size: int | None = None
     lr: float = 1e-3
     weight_decay: float = 1e-4
+    # decay of an exponential moving average of the weights, which the trained model keeps
+    # (0: the last weights)
+    ema: float = 0.0
     device: str = "auto"
     # torch threads per training process; 0: the cores shared among the node's processes
     # (at most half of them for a lone process), `distributed.threads_for`
@@ -167,6 +170,10 @@ class RunConfig:
                 f"epochs must be >= 1, got {self.train.epochs}",
             ),
             (self.train.steps >= 1, f"steps must be >= 1, got {self.train.steps}"),
+            (
+                0 <= self.train.ema < 1,
+                f"ema (the weights' moving-average decay) must be in [0, 1), got {self.train.ema}",
+            ),
             (
                 0 <= self.train.validation < 1,
                 f"validation share must be in [0, 1), got {self.train.validation}",

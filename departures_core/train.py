@@ -258,6 +258,12 @@ def fit(
         unit="step",
     )
     start = time.perf_counter() - (history[-1]["seconds"] if history else 0.0)
+    first_step, ema = step, None
+    if config.train.ema > 0:
+        from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+        decay = ema_decay(config.train.ema, total - step)
+        ema = AveragedModel(net, multi_avg_fn=get_ema_multi_avg_fn(decay))
     amp = device.type == "cuda"
     stopped = False
     pending: list[tuple[int, int, torch.Tensor, float]] = []
@@ -312,6 +318,8 @@ def fit(
                 for group in opt.param_groups:
                     group["lr"] = learning_rate(lr, step, total)
                 opt.step()
+                if ema is not None:
+                    ema.update_parameters(net)
                 step += 1
                 losses_now = torch.stack([l_cont.detach(), l_disc.detach(), loss.detach()])
                 pending.append((step, epoch + 1, losses_now, time.perf_counter() - start))
@@ -321,12 +329,24 @@ def fit(
                     stopped = True
                     break
             drain()
+            done = epoch + (0 if stopped else 1)
             if writes:
-                _checkpoint(model, opt, Path(run_dir), epoch + (0 if stopped else 1), step, history)
+                _checkpoint(model, opt, Path(run_dir), done, step, history)
             if stopped:
                 break
+    if ema is not None and step > first_step:
+        net.load_state_dict(ema.module.state_dict())  # the model keeps the averaged weights
+        if writes:
+            _checkpoint(model, opt, Path(run_dir), done, step, history)
     net.eval()
     return history
+
+
+def ema_decay(decay: float, steps: int) -> float:
+    """The decay of the weights' moving average over a training of ``steps`` optimiser
+    steps: as configured, but averaging over at most a third of them (``1 - decay >= 3 /
+    steps``), so that a short training is not averaged with its first, untrained weights."""
+    return min(float(decay), max(0.0, 1.0 - 3.0 / max(int(steps), 1)))
 
 
 def _stop_requested(

@@ -13,7 +13,7 @@ import torch
 import departures_core
 from departures_core import keys, runs, sample, train
 from departures_core.config import BridgeConfig, DataConfig, ModelConfig, RunConfig, TrainConfig
-from departures_core.errors import RunError, UnknownPerturbationError
+from departures_core.errors import ConfigError, RunError, UnknownPerturbationError
 from departures_core.model import encode
 
 HISTORY_FIELDS = ["step", "epoch", "loss_cont", "loss_disc", "loss", "seconds"]
@@ -392,3 +392,36 @@ def test_cell_type_dropout_is_trained_and_checked(demo, tiny_config):
 
     with pytest.raises(ConfigError, match="ct_dropout"):
         RunConfig(model=ModelConfig(ct_dropout=1.0)).check()
+
+
+# ---------------------------------------------------------------- moving average of the weights
+def test_the_moving_average_of_the_weights_spans_at_most_a_third_of_the_training():
+    assert train.ema_decay(0.999, 4000) == 0.999  # the default training: as configured
+    assert train.ema_decay(0.999, 300) == pytest.approx(0.99)  # a short one: 1 - 3 / 300
+    assert train.ema_decay(0.999, 2) == 0.0  # two steps: the last weights
+    with pytest.raises(ConfigError, match="ema"):
+        RunConfig(train=TrainConfig(ema=1.0)).check()
+
+
+def test_a_run_trained_with_a_moving_average_keeps_the_averaged_weights(
+    tmp_path, demo, tiny_config
+):
+    """The same training (seed, pairs, steps) with and without the average: the averaged
+    run saves weights that trail its last ones - closer to them than the first epoch's
+    weights are, yet not equal - and its history (the raw weights' losses) is the same."""
+    one = TrainConfig(epochs=1, batch_size=512, device="cpu")
+    two = TrainConfig(epochs=2, batch_size=512, device="cpu")
+    averaged = TrainConfig(epochs=2, batch_size=512, device="cpu", ema=0.5)
+    for name, cfg in (("one", one), ("last", two), ("avg", averaged)):
+        runs.train(demo, tiny_config.replace(train=cfg), tmp_path / name, progress_bar=False)
+
+    def weights(name):
+        state = torch.load(tmp_path / name / keys.MODEL_FILE, map_location="cpu", weights_only=True)
+        return torch.cat([v.flatten().float() for v in state["model"].values()])
+
+    w_one, w_last, w_avg = weights("one"), weights("last"), weights("avg")
+    assert not torch.allclose(w_avg, w_last)
+    assert (w_avg - w_last).norm() < 0.5 * (w_one - w_last).norm()
+    losses = [pd.read_csv(tmp_path / n / keys.HISTORY_FILE)["loss"] for n in ("last", "avg")]
+    np.testing.assert_allclose(losses[0], losses[1], rtol=1e-5)
+    assert runs.open_run(tmp_path / "avg").epoch == 2
