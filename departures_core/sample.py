@@ -106,7 +106,7 @@ def simulate(
     cond: CondTensors,
     *,
     steps: int = 50,
-    sigma: float = 0.2,
+    sigma: float = 0.5,
     seed: int = 0,
     trajectory: bool = False,
     device: torch.device | str = "cpu",
