@@ -9,6 +9,7 @@ import torch
 from torch import Tensor
 
 from .bridges import ctmc, sde
+from .config import BridgeConfig
 from .model import Departures, encode
 from .nn import CondTensors, DeparturesNet
 
@@ -106,7 +107,7 @@ def simulate(
     cond: CondTensors,
     *,
     steps: int = 50,
-    sigma: float = 0.5,
+    sigma: float = BridgeConfig.sigma,
     seed: int = 0,
     trajectory: bool = False,
     device: torch.device | str = "cpu",
@@ -207,13 +208,14 @@ def draw_unchanged(
     from a random split of them (systematic sampling over the cells ordered by source)."""
     rng = np.random.default_rng([int(seed), 1])
     keep = np.zeros(n, dtype=bool)
+    sources = None if sources is None else np.asarray(sources)
     for rows, w in zip(groups, fractions, strict=True):
         rows = np.asarray(rows)
         w = float(np.clip(w, 0.0, 1.0))
         if sources is None:
             order = rng.permutation(len(rows))
         else:
-            _, source = np.unique(np.asarray(sources)[rows], return_inverse=True)
+            _, source = np.unique(sources[rows], return_inverse=True)
             rank = rng.permutation(source.max() + 1 if len(source) else 0)[source]
             order = np.lexsort((rng.random(len(rows)), rank))
         # systematic sampling with a random start: floor(n w) or one more cells in all,

@@ -258,7 +258,7 @@ def fit(
         unit="step",
     )
     start = time.perf_counter() - (history[-1]["seconds"] if history else 0.0)
-    first_step, ema = step, None
+    ema = None
     if config.train.ema > 0:
         from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
@@ -329,15 +329,12 @@ def fit(
                     stopped = True
                     break
             drain()
-            done = epoch + (0 if stopped else 1)
+            if ema is not None and (stopped or epoch + 1 == epochs):
+                net.load_state_dict(ema.module.state_dict())  # the model keeps the average
             if writes:
-                _checkpoint(model, opt, Path(run_dir), done, step, history)
+                _checkpoint(model, opt, Path(run_dir), epoch + (0 if stopped else 1), step, history)
             if stopped:
                 break
-    if ema is not None and step > first_step:
-        net.load_state_dict(ema.module.state_dict())  # the model keeps the averaged weights
-        if writes:
-            _checkpoint(model, opt, Path(run_dir), done, step, history)
     net.eval()
     return history
 

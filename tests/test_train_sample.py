@@ -388,7 +388,6 @@ def test_cell_type_dropout_is_trained_and_checked(demo, tiny_config):
     kept = (out - full).abs().amax(1) < 1e-6
     assert 0.35 < float(kept.float().mean()) < 0.65
     assert len(torch.unique(out[~kept], dim=0)) == 1  # one fallback for all
-    from departures_core.errors import ConfigError
 
     with pytest.raises(ConfigError, match="ct_dropout"):
         RunConfig(model=ModelConfig(ct_dropout=1.0)).check()
