@@ -105,15 +105,19 @@ def draw(
     keep_unchanged(sim, x0, keep, end)
     sim.responders_shift = tuple(ct for (_, ct, _) in groups if ct in shifts)
     if transfer:
-        transfer_genes(sim, fractions, groups, x0, end, seed)
+        transfer_genes(sim, fractions, groups, x0, end, seed, sources)
 
 
-def transfer_genes(sim: Simulation, fractions: dict, groups: dict, x0, end, seed: int) -> None:
+def transfer_genes(
+    sim: Simulation, fractions: dict, groups: dict, x0, end, seed: int, sources=None
+) -> None:
     """A perturbation trained only in other cell types: each gene keeps its predicted change
     in a share of the cells that grows with how far the change (predicted, and expected
     from the cell type's controls) stands out of the between-cell-type variance of its
-    trained response (`transfer.fit`); in the other cells the gene keeps its
-    unperturbed value (``end``, as a non-responder's)."""
+    trained response and of the sampling noise of the prediction, and that the model's
+    error for a new cell type leaves it (`transfer.weight`); in the other cells the gene
+    keeps its unperturbed value (``end``, as a non-responder's). ``sources`` (the control
+    cell of each row) counts the distinct control cells behind the control mean."""
     fits = fractions.get("transfer") or {}
     rng = np.random.default_rng([int(seed), 2])
     sim.transferred = {}
@@ -124,9 +128,14 @@ def transfer_genes(sim: Simulation, fractions: dict, groups: dict, x0, end, seed
             continue
         idx = np.asarray(idx)
         control_mean = x0[idx].mean(0)
-        change = sim.prediction[idx].mean(0) - control_mean
+        predicted = sim.prediction[idx]
+        change = predicted.mean(0) - control_mean
         expected = transfer.expected_change(fit, control_mean)
-        weight = transfer.weight(change, fit["variance"], expected)
+        n_sources = len(idx) if sources is None else len(np.unique(sources[idx]))
+        noise = predicted.var(0) / len(idx) + x0[idx].var(0) / max(n_sources, 1)
+        weight = transfer.weight(
+            change, fit["variance"], expected, noise=noise, identity=fit.get("identity")
+        )
         keep = np.zeros(sim.prediction.shape, dtype=bool)
         keep[idx] = rng.random((len(idx), len(weight))) >= weight
         keep_genes_unchanged(sim, x0, keep, end)

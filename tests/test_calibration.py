@@ -291,6 +291,9 @@ def test_the_changes_that_carry_over_between_cell_types_are_told_from_those_that
     assert set(fit) == {"P|0"} and fit["P|0"]["cell_types"] == ["a", "b", "c", "d"]
     variance = np.array(fit["P|0"]["variance"])
     assert variance[1] > 0.5 and variance[1] > 10 * max(variance[0], variance[2])
+    # the cell types differ in gene 2 only (control levels 0, 1, 2, 3: variance 5/3)
+    identity = np.array(fit["P|0"]["identity"])
+    assert identity[2] == pytest.approx(5 / 3, rel=0.1) and identity[[0, 1, 3]].max() < 0.01
     weight = transfer.weight([1.0, 1.0, 1.0, 0.0], variance)
     assert weight[0] > 0.8 and weight[2] > 0.8 and weight[1] < 0.7 and weight[3] == 0.0
     # the held-out cell type's controls sit at level 1.5: gene 2 is expected to fall by 1.5
@@ -312,6 +315,34 @@ def test_the_changes_that_carry_over_between_cell_types_are_told_from_those_that
     # two cell types leave the regression no degree of freedom: no estimate
     two = _screen_in_cell_types({"a": 0.0, "b": 1.0, "held": 1.5}, {"a": [1, 1, 1], "b": [1, 1, 1]})
     assert transfer.fit(two) == {}
+
+
+def test_a_change_is_trusted_as_far_as_the_models_error_for_a_new_cell_type_allows():
+    """The model's change for a new cell type is observed with an error that is largest where
+    the cell types differ (it can mistake the new cell type for a trained one). Changes that
+    agree with what the trained cell types expect are kept as they are; a change along the
+    cell types' differences that none of them showed is not, and a change within the
+    sampling noise counts for less."""
+    variance = np.full(4, 0.01)
+    expected = np.array([1.0, 0.0, 0.0, 0.0])
+    identity = np.array([0.0, 0.0, 1.0, 0.0])  # the cell types differ in gene 2
+    agree = np.array([1.0, 0.05, 0.0, 0.0])
+    np.testing.assert_allclose(
+        transfer.weight(agree, variance, expected, identity=identity),
+        transfer.weight(agree, variance, expected),
+    )
+    stray = np.array([1.0, 0.0, 0.8, 0.0])  # gene 2 changed where no cell type changed it
+    plain = transfer.weight(stray, variance, expected)
+    trusted = transfer.weight(stray, variance, expected, identity=identity)
+    assert plain[2] > 0.9 and trusted[2] < 0.1
+    assert trusted[0] == pytest.approx(plain[0])  # the expected change is kept
+    # the model's error is read off the changes themselves: agreeing ones show none
+    assert transfer.model_error(stray, variance, expected, 0.0, identity) == pytest.approx(0.6)
+    assert transfer.model_error(agree, variance, expected, 0.0, identity) == 0.0
+    # a change no larger than its sampling noise is kept in fewer cells
+    small = np.array([0.0, 0.1, 0.0, 0.0])
+    noisy = transfer.weight(small, variance, expected, noise=np.full(4, 0.01))
+    assert noisy[1] < 0.75 * transfer.weight(small, variance, expected)[1]
 
 
 def test_a_perturbation_in_a_cell_type_it_was_not_trained_in_keeps_what_carries_over(
