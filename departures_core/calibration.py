@@ -223,7 +223,8 @@ def fit_unaffected(
     The unchanged cells are not quite the control cells: whatever every perturbed cell of a
     cell type shares (transduction, selection, its own batch) moves them too. ``"shift"``
     holds, per cell type, the shift of their active genes that makes the mixture's mean
-    match the observed cells over its training conditions (`shift_terms`); only for a cell
+    match the observed cells over its training conditions (`shift_terms`: all their perturbed
+    cells, not only the validation cells, measure this mean); only for a cell
     type with `MIN_SHIFT_CONDITIONS` training conditions or more (with one, a shared shift
     cannot be told from that perturbation's own effect).
     """
@@ -253,7 +254,12 @@ def fit_unaffected(
             predicted_effect(pred, ctrl),
         )
         if w > 0:
-            num, den = shift_terms(w, pred, ctrl, obs_x)
+            # the shift is a mean: every perturbed cell of the condition measures it (the
+            # validation cells alone leave it too noisy where a condition has few cells)
+            every = cond.perturbed
+            if len(every) > max_cells:
+                every = np.sort(rng.choice(every, max_cells, replace=False))
+            num, den = shift_terms(w, pred, ctrl, data.x[every])
             sums = shift_sums.setdefault(cond.cell_type, [0.0, 0.0, 0])
             sums[0], sums[1], sums[2] = sums[0] + num, sums[1] + den, sums[2] + 1
     by_type: dict[str, list[float]] = {}
