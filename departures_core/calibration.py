@@ -256,10 +256,13 @@ def fit_unaffected(
         if w > 0:
             # the shift is a mean: every perturbed cell of the condition measures it (the
             # validation cells alone leave it too noisy where a condition has few cells)
-            every = cond.perturbed
-            if len(every) > max_cells:
-                every = np.sort(rng.choice(every, max_cells, replace=False))
-            num, den = shift_terms(w, pred, ctrl, data.x[every])
+            every = obs_x
+            if observed is not None:
+                rows_all = cond.perturbed
+                if len(rows_all) > max_cells:
+                    rows_all = np.sort(rng.choice(rows_all, max_cells, replace=False))
+                every = data.x[rows_all]
+            num, den = shift_terms(w, pred, ctrl, every)
             sums = shift_sums.setdefault(cond.cell_type, [0.0, 0.0, 0])
             sums[0], sums[1], sums[2] = sums[0] + num, sums[1] + den, sums[2] + 1
     by_type: dict[str, list[float]] = {}

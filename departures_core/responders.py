@@ -127,12 +127,12 @@ def transfer_genes(
         if fit is None or cell_type in fit["cell_types"]:
             continue
         idx = np.asarray(idx)
-        control_mean = x0[idx].mean(0)
-        predicted = sim.prediction[idx]
+        start, predicted = x0[idx], sim.prediction[idx]
+        control_mean = start.mean(0)
         change = predicted.mean(0) - control_mean
         expected = transfer.expected_change(fit, control_mean)
         n_sources = len(idx) if sources is None else len(np.unique(sources[idx]))
-        noise = predicted.var(0) / len(idx) + x0[idx].var(0) / max(n_sources, 1)
+        noise = predicted.var(0) / len(idx) + start.var(0) / n_sources
         weight = transfer.weight(
             change, fit["variance"], expected, noise=noise, identity=fit.get("identity")
         )
