@@ -5,13 +5,14 @@
 
 For each dataset and seed: train Departures and the ablations (random pairing, no
 discrete bridge) on one split, score the held-out conditions together with the
-`control` and `mean_shift` baselines, and print one table: rows = dataset x method,
-columns = median over held-out conditions of each metric, as mean ± sd over seeds,
-plus the training time. A second table splits the held-out conditions by the size of their
-observed effect (the `control` baseline's e_distance: below 0.25 the perturbed cells are
-hardly distinguishable from control cells) and gives how often Departures beats each
-baseline per condition. ``--reuse-eval`` re-prints both tables from the runs and
-evaluations already in ``--out`` instead of scoring again.
+`control`, `mean_shift` and `pooled_perturbed` baselines, and print one table: rows =
+dataset x method, columns = median over held-out conditions of each metric, as mean ± sd
+over seeds, plus the training time. A second table splits the held-out conditions by the
+size of their observed effect (the `control` baseline's e_distance: below 0.25 the
+perturbed cells are hardly distinguishable from control cells) and gives, for e_distance
+and EMD, the medians and how often Departures beats each baseline, and the best of them,
+per condition. ``--reuse-eval`` re-prints both tables from the runs and evaluations
+already in ``--out`` instead of scoring again.
 """
 
 from __future__ import annotations
@@ -122,28 +123,40 @@ def main() -> None:
     print(effect_table(pd.concat(longs)))
 
 
-def effect_table(metrics: pd.DataFrame) -> str:
-    """Median e_distance per method over held-out conditions (all seeds), split by the size
-    of the observed effect, with the share of conditions where Departures beats each
-    baseline."""
-    wide = metrics[metrics["metric"] == "e_distance"].pivot_table(
-        index=["dataset", "seed", "perturbation", "cell_type"], columns="method", values="value"
+BASELINES = ("control", "mean_shift", "pooled_perturbed")
+
+
+def effect_table(metrics: pd.DataFrame, names=("e_distance", "emd")) -> str:
+    """Median of each metric per method over held-out conditions (all seeds), split by the
+    size of the observed effect (the `control` baseline's e_distance), with the share of
+    conditions where Departures beats each baseline and the best of them."""
+    wide = metrics[metrics["metric"].isin(names)].pivot_table(
+        index=["dataset", "seed", "perturbation", "cell_type"],
+        columns=["metric", "method"],
+        values="value",
     )
-    wide["effect"] = np.where(
-        wide["control"] < SMALL_EFFECT, f"small (< {SMALL_EFFECT})", f"clear (>= {SMALL_EFFECT})"
-    )
+    small = wide[("e_distance", "control")] < SMALL_EFFECT
+    effect = np.where(small, f"small (< {SMALL_EFFECT})", f"clear (>= {SMALL_EFFECT})")
+    methods = ["departures", *[b for b in BASELINES if ("e_distance", b) in wide.columns]]
     lines = [
-        "| dataset | observed effect | conditions | departures | control | mean_shift "
-        "| departures < control | departures < mean_shift |",
-        "|---|---|---|---|---|---|---|---|",
+        "| dataset | observed effect | conditions | metric | "
+        + " | ".join(methods)
+        + " | "
+        + " | ".join(f"departures < {b}" for b in methods[1:])
+        + " | departures < best baseline |",
+        "|---|---|---|---|" + "---|" * (2 * len(methods)),
     ]
-    for (dataset, effect), g in wide.groupby(["dataset", "effect"], sort=False):
-        lines.append(
-            f"| {dataset} | {effect} | {len(g)} | {g['departures'].median():.3f} "
-            f"| {g['control'].median():.3f} | {g['mean_shift'].median():.3f} "
-            f"| {(g['departures'] < g['control']).mean():.0%} "
-            f"| {(g['departures'] < g['mean_shift']).mean():.0%} |"
-        )
+    for (dataset, kind), g in wide.groupby([wide.index.get_level_values("dataset"), effect]):
+        for name in names:
+            m = g[name]
+            best = m[methods[1:]].min(axis=1)
+            lines.append(
+                f"| {dataset} | {kind} | {len(g)} | {name} | "
+                + " | ".join(f"{m[k].median():.4g}" for k in methods)
+                + " | "
+                + " | ".join(f"{(m['departures'] < m[b]).mean():.0%}" for b in methods[1:])
+                + f" | {(m['departures'] < best).mean():.0%} |"
+            )
     return "\n".join(lines)
 
 
@@ -156,7 +169,7 @@ def format_table(scores: pd.DataFrame, times: dict[str, list[float]], columns=CO
     ]
     for (dataset, method), group in scores.groupby(["dataset", "method"], sort=False):
         cells = [
-            f"{group[c].mean():.3f} ± {group[c].std(ddof=0):.3f}" if group[c].notna().any() else "—"
+            f"{group[c].mean():.3g} ± {group[c].std(ddof=0):.2g}" if group[c].notna().any() else "—"
             for c in cols
         ]
         t = f"{np.mean(times[dataset]):.0f}" if method == "departures" else ""
