@@ -85,6 +85,10 @@ def draw(
     groups: dict[tuple, list[int]] = {}
     for i, row in enumerate(rows):
         groups.setdefault(row, []).append(i)
+    spread = fractions.get("spread")
+    if spread:
+        for (_, cell_type, _), idx in groups.items():
+            scale_bridges(sim, np.asarray(idx), calibration.spread_for(spread, cell_type))
     sim.responders = {}
     for row, idx in groups.items():
         effect = calibration.predicted_effect(sim.prediction[idx], x0[idx])
@@ -106,6 +110,20 @@ def draw(
     sim.responders_shift = tuple(ct for (_, ct, _) in groups if ct in shifts)
     if transfer:
         transfer_genes(sim, fractions, groups, x0, end, seed, sources)
+
+
+def scale_bridges(sim: Simulation, idx: np.ndarray, factor: float) -> None:
+    """Scale the spread of the bridges' cells ``idx`` (one condition) in place
+    (`calibration.scale_spread`); a trajectory moves to the new endpoint along its path."""
+    if factor == 1.0:
+        return
+    old = sim.prediction[idx]
+    new = calibration.scale_spread(old, factor)
+    sim.prediction[idx] = new
+    sim.x1_hat[idx] = np.where(new > 0, new, sim.x1_hat[idx])
+    if sim.x_path is not None:
+        t = np.asarray(sim.t, dtype=np.float32)[:, None, None]
+        sim.x_path[:, idx] = sim.x_path[:, idx] + t * (new - old)[None]
 
 
 def transfer_genes(

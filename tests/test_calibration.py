@@ -202,6 +202,37 @@ def test_non_responders_keep_their_control_cell_and_on_off_state_on_the_whole_pa
     assert not np.allclose(bridges.prediction[keep], sim.prediction[keep])
 
 
+def test_the_bridges_spread_is_measured_against_the_observed_cells_and_scaled_to_it():
+    """Generated active values 30 % more spread out than the observed (as the bridges' noise
+    leaves them in K562 at sigma = 0.5): the fit finds the factor per cell type from the
+    genes active in enough cells, and scaling by it gives the observed spread back while
+    each gene keeps its mean, its zeros and its active cells."""
+    rng = np.random.default_rng(7)
+    genes = 50
+    share = rng.uniform(0.1, 0.9, genes)
+
+    def cells(n, sd):
+        values = np.maximum(rng.normal(2.0, sd, (n, genes)), 0.01)
+        return (values * (rng.random((n, genes)) < share)).astype(np.float32)
+
+    ratios = {
+        "wide": [calibration.spread_ratios(cells(300, 0.52), cells(100, 0.4)) for _ in range(3)],
+        "right": [calibration.spread_ratios(cells(300, 0.4), cells(100, 0.4)) for _ in range(3)],
+    }
+    spread = calibration.fit_spread(ratios)
+    assert spread["cell_type"]["wide"] == pytest.approx(0.4 / 0.52, abs=0.04)
+    assert spread["cell_type"]["right"] == pytest.approx(1.0, abs=0.04)
+    assert calibration.spread_for(spread, "unseen") == spread["overall"]
+    assert calibration.spread_for(None, "wide") == 1.0
+    pred = cells(2000, 0.52)
+    scaled = calibration.scale_spread(pred, spread["cell_type"]["wide"])
+    np.testing.assert_array_equal(scaled > 0, pred > 0)
+    _, sd = calibration._active_sd(scaled)
+    assert np.median(sd) == pytest.approx(0.4, abs=0.03)
+    active_mean = lambda x: (x * (x > 0)).sum(0) / (x > 0).sum(0)  # noqa: E731
+    np.testing.assert_allclose(active_mean(scaled), active_mean(pred), atol=0.02)
+
+
 def test_the_shift_all_perturbed_cells_share_is_recovered():
     """Non-responders = control cells + a shift of their active genes; the responders are
     modelled by the bridges. Summed over conditions with different fractions, the
@@ -467,5 +498,14 @@ def test_evaluate_command_writes_the_calibration_report(calibrated_run, tmp_path
     assert set(summary["summary"]["departures"]["e_distance"]) == {"mean", "median", "n"}
     assert "departures" in proc.stdout and "e_distance" in proc.stdout
     fractions = json.loads((calibrated_run.path / keys.RESPONDERS_FILE).read_text())
-    assert set(fractions) == {"condition", "effect", "cell_type", "overall", "shift", "transfer"}
+    assert set(fractions) == {
+        "condition",
+        "effect",
+        "cell_type",
+        "overall",
+        "shift",
+        "transfer",
+        "spread",
+    }
+    assert 0.5 < fractions["spread"]["cell_type"]["k562"] < 2.0
     assert set(fractions["shift"]) <= {"k562", "A172", "T98G", "U87MG"}
