@@ -43,6 +43,17 @@ def responder_note(cells: ConditionCells) -> str | None:
         f"{cells.perturbation}: {w:.0%} of cells predicted not to respond{drawn} — {source}; "
         f"they stay their control cell{shifted}."
     )
+    factor, own = (cells.simulation.spread or {}).get(row, (1.0, False))
+    if abs(factor - 1.0) >= 0.005:
+        measured = (
+            f"in {cells.cell_type}'s training perturbations"
+            if own
+            else "over the trained cell types (median)"
+        )
+        note += (
+            f" The responding cells' active values are spread ×{factor:.2f} around each"
+            f" gene's mean: the observed over the generated spread {measured}."
+        )
     carried = (cells.simulation.transferred or {}).get(row)
     if carried is not None:
         note += (

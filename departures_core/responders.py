@@ -87,8 +87,11 @@ def draw(
         groups.setdefault(row, []).append(i)
     spread = fractions.get("spread")
     if spread:
-        for (_, cell_type, _), idx in groups.items():
-            scale_bridges(sim, np.asarray(idx), calibration.spread_for(spread, cell_type))
+        sim.spread = {}
+        for row, idx in groups.items():
+            factor = calibration.spread_for(spread, row[1])
+            sim.spread[row] = (factor, row[1] in spread["cell_type"])
+            scale_bridges(sim, np.asarray(idx), factor)
     sim.responders = {}
     for row, idx in groups.items():
         effect = calibration.predicted_effect(sim.prediction[idx], x0[idx])

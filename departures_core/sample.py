@@ -41,6 +41,9 @@ class Simulation:
     # (perturbation, cell_type, dose) -> (unaffected fraction, where it comes from)
     responders: dict | None = None
     responders_shift: tuple = ()  # cell types whose non-responders carry their shared shift
+    # (perturbation, cell_type, dose) -> (factor the bridges' cells were spread by, whether
+    # it was measured in that cell type), for runs that fitted one (`calibration.fit_spread`)
+    spread: dict | None = None
     # (perturbation, cell_type, dose) -> mean share of genes kept per cell, for conditions
     # whose perturbation was trained only in other cell types (`transfer.fit`)
     transferred: dict | None = None

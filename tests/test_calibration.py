@@ -233,6 +233,46 @@ def test_the_bridges_spread_is_measured_against_the_observed_cells_and_scaled_to
     np.testing.assert_allclose(active_mean(scaled), active_mean(pred), atol=0.02)
 
 
+def test_a_run_spreads_the_bridges_cells_by_its_factor_and_says_so(calibrated_run):
+    data = calibrated_run.data
+    fitted = calibrated_run.unaffected["condition"]
+    cond = min(  # a trained condition with most cells responding: its own fraction
+        (c for c in data.train_conditions() if c.cell_type == "k562"),
+        key=lambda c: fitted[calibration.condition_key(c.perturbation, c.cell_type, c.dose)],
+    )
+    rows = [(cond.perturbation, "k562", cond.dose)] * len(cond.control)
+
+    def simulate(factor):
+        spread = {"cell_type": {"k562": factor}, "overall": 1.0}
+        run = dataclasses.replace(
+            calibrated_run, unaffected={**calibrated_run.unaffected, "spread": spread}
+        )
+        return runs.simulate_from(run, cond.control, rows, steps=5, trajectory=True)
+
+    plain, wide = simulate(1.0), simulate(1.2)
+    np.testing.assert_array_equal(plain.unchanged, wide.unchanged)
+    bridged = ~plain.unchanged
+    assert bridged.sum() > 10
+    _, sd_plain = calibration._active_sd(plain.prediction[bridged])
+    _, sd_wide = calibration._active_sd(wide.prediction[bridged])
+    ok = sd_plain > 0.05
+    assert np.median(sd_wide[ok] / sd_plain[ok]) == pytest.approx(1.2, abs=0.03)
+    np.testing.assert_array_equal(wide.prediction > 0, plain.prediction > 0)
+    on = bridged[:, None] & (wide.prediction > 0)  # the path ends at the spread cells
+    np.testing.assert_allclose(wide.x_path[-1][on], wide.prediction[on], atol=1e-5)
+    shown = explore.ConditionCells(
+        *rows[0],
+        False,
+        data.genes,
+        *(np.empty((0, 1)),) * 3,
+        np.arange(0),
+        wide,
+        seed=0,
+    )
+    assert "spread ×1.20" in notes.responder_note(shown)
+    assert "spread ×" not in notes.responder_note(dataclasses.replace(shown, simulation=plain))
+
+
 def test_the_shift_all_perturbed_cells_share_is_recovered():
     """Non-responders = control cells + a shift of their active genes; the responders are
     modelled by the bridges. Summed over conditions with different fractions, the
