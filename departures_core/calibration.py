@@ -231,7 +231,7 @@ def fit_unaffected(
     rng = np.random.default_rng(seed)
     per_condition = {}
     shift_sums: dict[str, list] = {}
-    simulated, ratios = [], {}
+    chosen, ratios = [], {}
     for cond in data.train_conditions():
         if len(cond.perturbed) < min_cells or len(cond.control) < 2:
             continue
@@ -246,11 +246,18 @@ def fit_unaffected(
             rows = np.sort(rng.choice(rows, max_cells, replace=False))
         if len(obs) > max_cells:
             obs = np.sort(rng.choice(obs, max_cells, replace=False))
-        pred = simulate_condition(cond, rows)
-        ratios.setdefault(cond.cell_type, []).append(spread_ratios(pred, data.x[obs]))
-        simulated.append((cond, rows, obs, pred))
+        chosen.append((cond, rows, obs))
+    # the spread is measured on the first `SPREAD_CONDITIONS` conditions of each cell type,
+    # whose simulations are kept for the fit below: each condition is simulated once, and a
+    # screen of thousands of perturbations does not hold all of them in memory
+    kept: dict[int, np.ndarray] = {}
+    for i, (cond, rows, obs) in enumerate(chosen):
+        if len(ratios.get(cond.cell_type, ())) < SPREAD_CONDITIONS:
+            kept[i] = simulate_condition(cond, rows)
+            ratios.setdefault(cond.cell_type, []).append(spread_ratios(kept[i], data.x[obs]))
     spread = fit_spread(ratios)
-    for cond, rows, obs, pred in simulated:
+    for i, (cond, rows, obs) in enumerate(chosen):
+        pred = kept.pop(i) if i in kept else simulate_condition(cond, rows)
         pred = scale_spread(pred, spread_for(spread, cond.cell_type))
         ctrl, obs_x = data.x[rows], data.x[obs]
         w = unaffected_fraction(pred, ctrl, obs_x)
@@ -298,6 +305,7 @@ def fit_unaffected(
 # its training conditions' validation cells, and every simulation scales the bridges' cells
 # by it around each gene's mean active value (`scale_spread`).
 SPREAD_MIN_ACTIVE = 10  # active cells a gene needs in both samples for its spread to count
+SPREAD_CONDITIONS = 32  # training conditions per cell type that measure its spread
 
 
 def _active_sd(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

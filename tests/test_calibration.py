@@ -273,6 +273,47 @@ def test_a_run_spreads_the_bridges_cells_by_its_factor_and_says_so(calibrated_ru
     assert "spread ×" not in notes.responder_note(dataclasses.replace(shown, simulation=plain))
 
 
+def test_the_fit_simulates_each_condition_once_and_measures_the_spread_on_a_few(monkeypatch):
+    """A screen of thousands of perturbations: the fit keeps the simulations of only
+    `SPREAD_CONDITIONS` conditions per cell type (those that measure its spread) in memory,
+    and still simulates every condition once."""
+    import anndata as ad
+
+    from departures_core.data import populations
+
+    rng = np.random.default_rng(8)
+    genes, labels, blocks = 15, [], []
+    for p in ("ctrl", "P1", "P2", "P3", "P4", "P5"):
+        x = np.maximum(rng.normal(1.5, 0.5, (60, genes)), 0.05) * (rng.random((60, genes)) < 0.6)
+        blocks.append(x.astype(np.float32))
+        labels += [p] * 60
+    obs = pd.DataFrame({"pert": labels, "ct": "a"})
+    obs.index = obs.index.astype(str)
+    adata = ad.AnnData(np.vstack(blocks), obs=obs)
+    adata.var_names = [f"g{i}" for i in range(genes)]
+    cfg = DataConfig(
+        perturbation_key="pert", control="ctrl", cell_type_key="ct", holdout_fraction=0.0
+    )
+    data = populations(adata, cfg, seed=0)
+    calls = []
+
+    def bridges(cond, rows):  # generated values 1.5 times as spread out as the cells
+        calls.append(cond.perturbation)
+        x = data.x[rows]
+        centre = (x * (x > 0)).sum(0) / np.maximum((x > 0).sum(0), 1)
+        return np.where(x > 0, np.maximum(centre + 1.5 * (x - centre), 0.01), 0)
+
+    measured = []
+    monkeypatch.setattr(calibration, "SPREAD_CONDITIONS", 2)
+    real = calibration.spread_ratios
+    monkeypatch.setattr(calibration, "spread_ratios", lambda a, b: measured.append(1) or real(a, b))
+    fit = calibration.fit_unaffected(data, bridges, seed=0)
+    assert sorted(calls) == ["P1", "P2", "P3", "P4", "P5"]
+    assert len(measured) == 2
+    assert fit["spread"]["cell_type"]["a"] == pytest.approx(1 / 1.5, abs=0.1)
+    assert len(fit["condition"]) == 5
+
+
 def test_the_shift_all_perturbed_cells_share_is_recovered():
     """Non-responders = control cells + a shift of their active genes; the responders are
     modelled by the bridges. Summed over conditions with different fractions, the
