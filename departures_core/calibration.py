@@ -15,7 +15,7 @@ from collections.abc import Callable
 import numpy as np
 import pandas as pd
 
-from . import metrics, transfer
+from . import metrics, spread, transfer
 from .data import Condition, PerturbationData
 
 COLUMNS = (
@@ -181,6 +181,7 @@ def unaffected_fraction(pred: np.ndarray, ctrl: np.ndarray, obs: np.ndarray) -> 
 # small-effect conditions of a screen outweigh the few strong ones.
 MIN_EFFECT_CELLS = 20  # fewer simulated cells give too noisy an effect size
 EFFECT_CELLS = 200  # cells of a simulation used to measure its effect size
+SPREAD_CONDITIONS = 32  # training conditions per cell type that measure its spread (`spread`)
 
 
 def predicted_effect(pred: np.ndarray, ctrl: np.ndarray) -> float | None:
@@ -254,11 +255,11 @@ def fit_unaffected(
     for i, (cond, rows, obs) in enumerate(chosen):
         if len(ratios.get(cond.cell_type, ())) < SPREAD_CONDITIONS:
             kept[i] = simulate_condition(cond, rows)
-            ratios.setdefault(cond.cell_type, []).append(spread_ratios(kept[i], data.x[obs]))
-    spread = fit_spread(ratios)
+            ratios.setdefault(cond.cell_type, []).append(spread.ratios(kept[i], data.x[obs]))
+    factors = spread.fit(ratios)
     for i, (cond, rows, obs) in enumerate(chosen):
         pred = kept.pop(i) if i in kept else simulate_condition(cond, rows)
-        pred = scale_spread(pred, spread_for(spread, cond.cell_type))
+        pred = spread.scale(pred, spread.factor_for(factors, cond.cell_type))
         ctrl, obs_x = data.x[rows], data.x[obs]
         w = unaffected_fraction(pred, ctrl, obs_x)
         per_condition[condition_key(cond.perturbation, cond.cell_type, cond.dose)] = (
@@ -294,71 +295,8 @@ def fit_unaffected(
         "overall": float(np.median(values)) if values else 0.0,
         "shift": {ct: np.round(v, 5).tolist() for ct, v in shifts.items()},
         "transfer": transfer.fit(data),
-        "spread": spread,
+        "spread": factors,
     }
-
-
-# The bridges' spread: where a gene is active, the spread of its generated values is set by
-# the bridge's noise, not learned (the authors' sigma = 0.2 left it 15-30 % narrower than
-# the observed on Kang and Zhao, 0.5 leaves it 10-15 % wider in K562). The fit measures, per
-# cell type, the ratio of the observed to the generated spread of the active values over
-# its training conditions' validation cells, and every simulation scales the bridges' cells
-# by it around each gene's mean active value (`scale_spread`).
-SPREAD_MIN_ACTIVE = 10  # active cells a gene needs in both samples for its spread to count
-SPREAD_CONDITIONS = 32  # training conditions per cell type that measure its spread
-
-
-def _active_sd(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per gene: the number of cells where it is active and the sd of its active values."""
-    x = np.asarray(x, dtype=np.float64)
-    active = x > 0
-    n = active.sum(0)
-    values = np.where(active, x, 0.0)
-    mean = values.sum(0) / np.maximum(n, 1)
-    var = (np.where(active, (x - mean) ** 2, 0.0)).sum(0) / np.maximum(n - 1, 1)
-    return n, np.sqrt(var)
-
-
-def spread_ratios(pred: np.ndarray, obs: np.ndarray) -> np.ndarray:
-    """log(observed / predicted sd of the active values) of each gene active in at least
-    `SPREAD_MIN_ACTIVE` cells of both."""
-    n_p, sd_p = _active_sd(pred)
-    n_o, sd_o = _active_sd(obs)
-    ok = (n_p >= SPREAD_MIN_ACTIVE) & (n_o >= SPREAD_MIN_ACTIVE) & (sd_p > 1e-6) & (sd_o > 1e-6)
-    return np.log(sd_o[ok] / sd_p[ok])
-
-
-def fit_spread(ratios: dict[str, list[np.ndarray]]) -> dict:
-    """The spread factor per cell type (``exp`` of the median log ratio over its genes and
-    conditions) and over all of them (``"overall"``: a cell type without training
-    conditions takes it)."""
-    by_type = {ct: np.concatenate(r) for ct, r in ratios.items() if r}
-    by_type = {ct: r for ct, r in by_type.items() if len(r)}
-    everything = np.concatenate(list(by_type.values())) if by_type else np.zeros(0)
-    return {
-        "cell_type": {ct: float(np.exp(np.median(r))) for ct, r in by_type.items()},
-        "overall": float(np.exp(np.median(everything))) if len(everything) else 1.0,
-    }
-
-
-def spread_for(spread: dict | None, cell_type: str) -> float:
-    if not spread:
-        return 1.0
-    return float(spread["cell_type"].get(cell_type, spread["overall"]))
-
-
-def scale_spread(x: np.ndarray, factor: float) -> np.ndarray:
-    """Cells ``x`` with each gene's active values moved ``factor`` times as far from their
-    mean over the cells (zeros stay zeros; an active value stays active)."""
-    if factor == 1.0 or len(x) == 0:
-        return x
-    x = np.asarray(x)
-    active = x > 0
-    n = active.sum(0)
-    mean = np.where(active, x, 0).sum(0) / np.maximum(n, 1)
-    low = np.where(active, x, np.inf).min(0)
-    scaled = np.maximum(mean + factor * (x - mean), 0.5 * np.where(np.isfinite(low), low, 0))
-    return np.where(active, scaled, 0).astype(x.dtype)
 
 
 # The cells that do not respond still differ from the control cells in what every perturbed

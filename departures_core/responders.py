@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import calibration, keys, transfer
+from . import calibration, keys, spread, transfer
 from .data import PerturbationData
 from .model import Departures, atomic_write_text
 from .sample import (
@@ -85,12 +85,12 @@ def draw(
     groups: dict[tuple, list[int]] = {}
     for i, row in enumerate(rows):
         groups.setdefault(row, []).append(i)
-    spread = fractions.get("spread")
-    if spread:
+    factors = fractions.get("spread")
+    if factors:
         sim.spread = {}
         for row, idx in groups.items():
-            factor = calibration.spread_for(spread, row[1])
-            sim.spread[row] = (factor, row[1] in spread["cell_type"])
+            factor = spread.factor_for(factors, row[1])
+            sim.spread[row] = (factor, row[1] in factors["cell_type"])
             scale_bridges(sim, np.asarray(idx), factor)
     sim.responders = {}
     for row, idx in groups.items():
@@ -117,11 +117,11 @@ def draw(
 
 def scale_bridges(sim: Simulation, idx: np.ndarray, factor: float) -> None:
     """Scale the spread of the bridges' cells ``idx`` (one condition) in place
-    (`calibration.scale_spread`); a trajectory moves to the new endpoint along its path."""
+    (`spread.scale`); a trajectory moves to the new endpoint along its path."""
     if factor == 1.0:
         return
     old = sim.prediction[idx]
-    new = calibration.scale_spread(old, factor)
+    new = spread.scale(old, factor)
     sim.prediction[idx] = new
     sim.x1_hat[idx] = np.where(new > 0, new, sim.x1_hat[idx])
     if sim.x_path is not None:

@@ -42,7 +42,7 @@ class Simulation:
     responders: dict | None = None
     responders_shift: tuple = ()  # cell types whose non-responders carry their shared shift
     # (perturbation, cell_type, dose) -> (factor the bridges' cells were spread by, whether
-    # it was measured in that cell type), for runs that fitted one (`calibration.fit_spread`)
+    # it was measured in that cell type), for runs that fitted one (`spread.fit`)
     spread: dict | None = None
     # (perturbation, cell_type, dose) -> mean share of genes kept per cell, for conditions
     # whose perturbation was trained only in other cell types (`transfer.fit`)

@@ -11,7 +11,17 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from departures_core import calibration, evaluate, explore, keys, metrics, notes, runs, transfer
+from departures_core import (
+    calibration,
+    evaluate,
+    explore,
+    keys,
+    metrics,
+    notes,
+    runs,
+    spread,
+    transfer,
+)
 from departures_core.config import DataConfig, RunConfig, TrainConfig
 
 ROOT = Path(evaluate.__file__).resolve().parent.parent
@@ -216,18 +226,18 @@ def test_the_bridges_spread_is_measured_against_the_observed_cells_and_scaled_to
         return (values * (rng.random((n, genes)) < share)).astype(np.float32)
 
     ratios = {
-        "wide": [calibration.spread_ratios(cells(300, 0.52), cells(100, 0.4)) for _ in range(3)],
-        "right": [calibration.spread_ratios(cells(300, 0.4), cells(100, 0.4)) for _ in range(3)],
+        "wide": [spread.ratios(cells(300, 0.52), cells(100, 0.4)) for _ in range(3)],
+        "right": [spread.ratios(cells(300, 0.4), cells(100, 0.4)) for _ in range(3)],
     }
-    spread = calibration.fit_spread(ratios)
-    assert spread["cell_type"]["wide"] == pytest.approx(0.4 / 0.52, abs=0.04)
-    assert spread["cell_type"]["right"] == pytest.approx(1.0, abs=0.04)
-    assert calibration.spread_for(spread, "unseen") == spread["overall"]
-    assert calibration.spread_for(None, "wide") == 1.0
+    factors = spread.fit(ratios)
+    assert factors["cell_type"]["wide"] == pytest.approx(0.4 / 0.52, abs=0.04)
+    assert factors["cell_type"]["right"] == pytest.approx(1.0, abs=0.04)
+    assert spread.factor_for(factors, "unseen") == factors["overall"]
+    assert spread.factor_for(None, "wide") == 1.0
     pred = cells(2000, 0.52)
-    scaled = calibration.scale_spread(pred, spread["cell_type"]["wide"])
+    scaled = spread.scale(pred, factors["cell_type"]["wide"])
     np.testing.assert_array_equal(scaled > 0, pred > 0)
-    _, sd = calibration._active_sd(scaled)
+    _, sd = spread.active_sd(scaled)
     assert np.median(sd) == pytest.approx(0.4, abs=0.03)
     active_mean = lambda x: (x * (x > 0)).sum(0) / (x > 0).sum(0)  # noqa: E731
     np.testing.assert_allclose(active_mean(scaled), active_mean(pred), atol=0.02)
@@ -243,9 +253,9 @@ def test_a_run_spreads_the_bridges_cells_by_its_factor_and_says_so(calibrated_ru
     rows = [(cond.perturbation, "k562", cond.dose)] * len(cond.control)
 
     def simulate(factor):
-        spread = {"cell_type": {"k562": factor}, "overall": 1.0}
+        factors = {"cell_type": {"k562": factor}, "overall": 1.0}
         run = dataclasses.replace(
-            calibrated_run, unaffected={**calibrated_run.unaffected, "spread": spread}
+            calibrated_run, unaffected={**calibrated_run.unaffected, "spread": factors}
         )
         return runs.simulate_from(run, cond.control, rows, steps=5, trajectory=True)
 
@@ -253,8 +263,8 @@ def test_a_run_spreads_the_bridges_cells_by_its_factor_and_says_so(calibrated_ru
     np.testing.assert_array_equal(plain.unchanged, wide.unchanged)
     bridged = ~plain.unchanged
     assert bridged.sum() > 10
-    _, sd_plain = calibration._active_sd(plain.prediction[bridged])
-    _, sd_wide = calibration._active_sd(wide.prediction[bridged])
+    _, sd_plain = spread.active_sd(plain.prediction[bridged])
+    _, sd_wide = spread.active_sd(wide.prediction[bridged])
     ok = sd_plain > 0.05
     assert np.median(sd_wide[ok] / sd_plain[ok]) == pytest.approx(1.2, abs=0.03)
     np.testing.assert_array_equal(wide.prediction > 0, plain.prediction > 0)
@@ -273,28 +283,34 @@ def test_a_run_spreads_the_bridges_cells_by_its_factor_and_says_so(calibrated_ru
     assert "spread ×" not in notes.responder_note(dataclasses.replace(shown, simulation=plain))
 
 
-def test_the_fit_simulates_each_condition_once_and_measures_the_spread_on_a_few(monkeypatch):
-    """A screen of thousands of perturbations: the fit keeps the simulations of only
-    `SPREAD_CONDITIONS` conditions per cell type (those that measure its spread) in memory,
-    and still simulates every condition once."""
+def _one_cell_type(blocks: list[np.ndarray], labels: list[str]):
+    """The training data of a screen in one cell type ``a``: cells ``blocks`` stacked, their
+    perturbations ``labels`` (``ctrl``: control), nothing held out."""
     import anndata as ad
 
     from departures_core.data import populations
 
+    obs = pd.DataFrame({"pert": labels, "ct": "a"})
+    obs.index = obs.index.astype(str)
+    adata = ad.AnnData(np.vstack(blocks), obs=obs)
+    adata.var_names = [f"g{i}" for i in range(blocks[0].shape[1])]
+    cfg = DataConfig(
+        perturbation_key="pert", control="ctrl", cell_type_key="ct", holdout_fraction=0.0
+    )
+    return populations(adata, cfg, seed=0)
+
+
+def test_the_fit_simulates_each_condition_once_and_measures_the_spread_on_a_few(monkeypatch):
+    """A screen of thousands of perturbations: the fit keeps the simulations of only
+    `SPREAD_CONDITIONS` conditions per cell type (those that measure its spread) in memory,
+    and still simulates every condition once."""
     rng = np.random.default_rng(8)
     genes, labels, blocks = 15, [], []
     for p in ("ctrl", "P1", "P2", "P3", "P4", "P5"):
         x = np.maximum(rng.normal(1.5, 0.5, (60, genes)), 0.05) * (rng.random((60, genes)) < 0.6)
         blocks.append(x.astype(np.float32))
         labels += [p] * 60
-    obs = pd.DataFrame({"pert": labels, "ct": "a"})
-    obs.index = obs.index.astype(str)
-    adata = ad.AnnData(np.vstack(blocks), obs=obs)
-    adata.var_names = [f"g{i}" for i in range(genes)]
-    cfg = DataConfig(
-        perturbation_key="pert", control="ctrl", cell_type_key="ct", holdout_fraction=0.0
-    )
-    data = populations(adata, cfg, seed=0)
+    data = _one_cell_type(blocks, labels)
     calls = []
 
     def bridges(cond, rows):  # generated values 1.5 times as spread out as the cells
@@ -305,8 +321,8 @@ def test_the_fit_simulates_each_condition_once_and_measures_the_spread_on_a_few(
 
     measured = []
     monkeypatch.setattr(calibration, "SPREAD_CONDITIONS", 2)
-    real = calibration.spread_ratios
-    monkeypatch.setattr(calibration, "spread_ratios", lambda a, b: measured.append(1) or real(a, b))
+    real = spread.ratios
+    monkeypatch.setattr(spread, "ratios", lambda a, b: measured.append(1) or real(a, b))
     fit = calibration.fit_unaffected(data, bridges, seed=0)
     assert sorted(calls) == ["P1", "P2", "P3", "P4", "P5"]
     assert len(measured) == 2
@@ -347,10 +363,6 @@ def test_the_shift_is_measured_on_every_perturbed_cell_not_only_the_validation_c
     """Three perturbations of 400 cells each that change nothing but the shift all perturbed
     cells share; 10 of each are validation cells. The fractions are fitted on those, but the
     shift is a mean that all 1,200 cells measure: from 30 cells it came out with r = 0.73."""
-    import anndata as ad
-
-    from departures_core.data import populations
-
     rng = np.random.default_rng(2)
     genes = 20
     shift = rng.normal(0.0, 0.4, genes)
@@ -363,14 +375,7 @@ def test_the_shift_is_measured_on_every_perturbed_cell_not_only_the_validation_c
     for p in ("P1", "P2", "P3"):
         blocks.append(calibration.shift_active(cells(400), shift.astype(np.float32)))
         labels += [p] * 400
-    obs = pd.DataFrame({"pert": labels, "ct": "a"})
-    obs.index = obs.index.astype(str)
-    adata = ad.AnnData(np.vstack(blocks), obs=obs)
-    adata.var_names = [f"g{i}" for i in range(genes)]
-    cfg = DataConfig(
-        perturbation_key="pert", control="ctrl", cell_type_key="ct", holdout_fraction=0.0
-    )
-    data = populations(adata, cfg, seed=0)
+    data = _one_cell_type(blocks, labels)
     validation = {
         (c.perturbation, c.cell_type, c.dose): c.perturbed[:10] for c in data.train_conditions()
     }
