@@ -15,7 +15,7 @@ from collections.abc import Callable
 import numpy as np
 import pandas as pd
 
-from . import metrics, spread, transfer
+from . import metrics, spread, targets, transfer
 from .data import Condition, PerturbationData
 
 COLUMNS = (
@@ -295,6 +295,7 @@ def fit_unaffected(
         "overall": float(np.median(values)) if values else 0.0,
         "shift": {ct: np.round(v, 5).tolist() for ct, v in shifts.items()},
         "transfer": transfer.fit(data),
+        "target": targets.fit(data),
         "spread": factors,
     }
 

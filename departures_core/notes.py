@@ -62,4 +62,11 @@ def responder_note(cells: ConditionCells) -> str | None:
             f" trained in respond ({carried:.0%} on average); the others keep their control"
             f" value."
         )
+    for gene, before, after, scale, own, n in (cells.simulation.targets or {}).get(row, ()):
+        where = f"in {cells.cell_type}" if own else "over the cell types"
+        note += (
+            f" {gene}, the perturbed gene, is measured but was never trained: it changes as the"
+            f" own genes of {n} training perturbations {where} did (median) — expressed in"
+            f" {after:.0%} of cells instead of {before:.0%}, its active values ×{scale:.2f}."
+        )
     return note

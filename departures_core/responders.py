@@ -8,9 +8,10 @@ from pathlib import Path
 
 import numpy as np
 
-from . import calibration, keys, spread, transfer
+from . import calibration, keys, spread, targets, transfer
 from .data import PerturbationData
 from .model import Departures, atomic_write_text
+from .nn import UNKNOWN
 from .sample import (
     Simulation,
     draw_unchanged,
@@ -73,6 +74,7 @@ def draw(
     seed: int,
     transfer: bool = True,
     sources: np.ndarray | None = None,
+    vocab=None,
 ) -> None:
     """Draw each condition's non-responders into ``sim`` (in place): they stay their control
     cell, with the cell type's shift of its active genes when the fit found one
@@ -81,7 +83,9 @@ def draw(
     which and from where. Then a perturbation predicted for a cell type it was not trained
     in keeps, gene by gene, only the changes that carry over (`transfer_genes`).
     ``sources`` (the control cell each row starts from) spreads a condition's
-    non-responders evenly over its control cells (`sample.draw_unchanged`)."""
+    non-responders evenly over its control cells (`sample.draw_unchanged`). Last, given the
+    model's ``vocab``, the measured genes of perturbations it was never trained on change as
+    the training perturbations' own genes did (`set_targets`)."""
     groups: dict[tuple, list[int]] = {}
     for i, row in enumerate(rows):
         groups.setdefault(row, []).append(i)
@@ -113,6 +117,50 @@ def draw(
     sim.responders_shift = tuple(ct for (_, ct, _) in groups if ct in shifts)
     if transfer:
         transfer_genes(sim, fractions, groups, x0, end, seed, sources)
+    if vocab is not None:
+        set_targets(sim, fractions, groups, x0, vocab, seed)
+
+
+def set_targets(sim: Simulation, fractions: dict, groups: dict, x0, vocab, seed: int) -> None:
+    """A perturbation part the model was never trained on whose gene is measured: that
+    gene, in every cell of the condition, goes from the cell's control value as the
+    training perturbations' measured targets did (`targets.transform`), along a straight
+    line. ``sim.targets`` records, per condition, ``(gene, share expressing it in the
+    control cells, predicted share, scale, measured in this cell type, perturbations
+    learned from)``."""
+    fitted = fractions.get("target")
+    if not fitted:
+        return
+    rng = np.random.default_rng([int(seed), 3])
+    sim.targets = {}
+    for row, idx in groups.items():
+        perturbation, cell_type, _ = row
+        unseen = [
+            (part, g)
+            for part, g in targets.measured_targets(perturbation, vocab.genes)
+            if vocab.token_id(part) == UNKNOWN
+        ]
+        if not unseen:
+            continue
+        idx = np.asarray(idx)
+        change, own = targets.for_cell_type(fitted, cell_type)
+        keep = np.zeros(sim.prediction.shape, dtype=bool)
+        end = np.array(sim.prediction, copy=True)
+        sim.targets[row] = []
+        for part, g in unseen:
+            keep[idx, g] = True
+            end[idx, g] = targets.transform(x0[idx, g], change["logit"], change["scale"], rng)
+            sim.targets[row].append(
+                (
+                    part,
+                    float(np.mean(x0[idx, g] > 0)),
+                    float(np.mean(end[idx, g] > 0)),
+                    change["scale"],
+                    own,
+                    change["n"],
+                )
+            )
+        keep_genes_unchanged(sim, x0, keep, end)
 
 
 def scale_bridges(sim: Simulation, idx: np.ndarray, factor: float) -> None:

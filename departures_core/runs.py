@@ -412,7 +412,14 @@ def simulate_from(
     if responders and run.unaffected:
         transfer = run.model.config.bridge.transfer
         draw_non_responders(
-            sim, run.unaffected, rows, x0, seed, transfer=transfer, sources=np.asarray(start)
+            sim,
+            run.unaffected,
+            rows,
+            x0,
+            seed,
+            transfer=transfer,
+            sources=np.asarray(start),
+            vocab=run.model.vocab,
         )
     return sim
 

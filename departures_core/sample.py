@@ -47,6 +47,9 @@ class Simulation:
     # (perturbation, cell_type, dose) -> mean share of genes kept per cell, for conditions
     # whose perturbation was trained only in other cell types (`transfer.fit`)
     transferred: dict | None = None
+    # (perturbation, cell_type, dose) -> the untrained perturbation's measured genes, set as
+    # the training perturbations' targets changed (`responders.set_targets`)
+    targets: dict | None = None
 
 
 @torch.no_grad()

@@ -592,6 +592,8 @@ def test_evaluate_command_writes_the_calibration_report(calibrated_run, tmp_path
         "shift",
         "transfer",
         "spread",
+        "target",
     }
+    assert fractions["target"] is None  # one perturbed gene (TMSB4X) is measured in the demo
     assert 0.5 < fractions["spread"]["cell_type"]["k562"] < 2.0
     assert set(fractions["shift"]) <= {"k562", "A172", "T98G", "U87MG"}
