@@ -351,12 +351,19 @@ def condition_key(perturbation: str, cell_type: str, dose: float) -> str:
     return f"{perturbation}|{cell_type}|{dose:g}"
 
 
-def unaffected_by_effect(fractions: dict, effect: float) -> float | None:
+def unaffected_by_effect(
+    fractions: dict, effect: float, cell_type: str | None = None
+) -> float | None:
     """The mean unaffected fraction of the training conditions whose predicted effect is
-    nearest ``effect`` in log scale (the nearest sqrt(n), at least 3); None with fewer than
-    3 training conditions to learn from."""
+    nearest ``effect`` in log scale (the nearest sqrt(n), at least 3), among those of
+    ``cell_type`` when it has 3 or more (how many cells a perturbation leaves unchanged
+    depends on the cell type: a CRISPRa line and three CRISPRi lines in the demo), else
+    among all; None with fewer than 3 training conditions to learn from."""
     effects = fractions.get("effect") or {}
     keys = [k for k in effects if k in fractions["condition"]]
+    own = [k for k in keys if k.rsplit("|", 2)[1] == cell_type]
+    if len(own) >= 3:
+        keys = own
     if len(keys) < 3:
         return None
     known = np.log(np.maximum([effects[k] for k in keys], 1e-3))
@@ -376,7 +383,8 @@ def unaffected_for(
     """The unaffected fraction of one condition from `fit_unaffected`'s result (0 when None).
 
     A training condition has its own. Any other takes the fraction of the training
-    conditions with a similar predicted ``effect`` (`unaffected_by_effect`) when the effect
+    conditions (of its cell type, when it has enough) with a similar predicted ``effect``
+    (`unaffected_by_effect`) when the effect
     is given, else the median of its cell type's training conditions, else of all.
     """
     return unaffected_source(fractions, perturbation, cell_type, dose, effect)[0]
@@ -396,11 +404,13 @@ def unaffected_source(
     if own is not None:
         return float(own), "fitted on this training condition's observed cells"
     if effect is not None:
-        w = unaffected_by_effect(fractions, effect)
+        w = unaffected_by_effect(fractions, effect, cell_type)
         if w is not None:
+            own = sum(k.rsplit("|", 2)[1] == cell_type for k in fractions["effect"]) >= 3
             return w, (
-                f"from the training conditions with a predicted effect like this one's "
-                f"(energy distance {effect:.2f} from the control cells)"
+                f"from the training conditions{f' in {cell_type}' if own else ''} with a "
+                f"predicted effect like this one's (energy distance {effect:.2f} from the "
+                f"control cells)"
             )
     if cell_type in fractions["cell_type"]:
         return float(fractions["cell_type"][cell_type]), (

@@ -144,6 +144,24 @@ def test_held_out_conditions_take_the_fraction_of_training_conditions_with_a_lik
     assert calibration.unaffected_for(old, "NEW", "k562", 0.0, effect=1.1) == 0.45
 
 
+def test_a_cell_type_with_enough_training_conditions_takes_the_fraction_of_its_own():
+    """Three CRISPRi lines leave most cells unchanged at effects where the CRISPRa line
+    leaves few: a held-out perturbation in a line takes the fraction of that line's
+    conditions with a like effect; a cell type with fewer than 3 conditions, of all."""
+    keys_ = [f"P{i}|k562|0" for i in range(6)] + [f"P{i}|A172|0" for i in range(3)]
+    fractions = {
+        "condition": dict(zip(keys_, [0.0, 0.1, 0.0, 0.2, 0.1, 0.0, 1.0, 0.9, 0.95], strict=True)),
+        "effect": dict(zip(keys_, [0.3, 0.35, 0.4, 0.3, 0.35, 0.4, 0.3, 0.35, 0.4], strict=True)),
+        "cell_type": {"k562": 0.05, "A172": 0.95},
+        "overall": 0.1,
+    }
+    w, source = calibration.unaffected_source(fractions, "NEW", "A172", 0.0, effect=0.35)
+    assert w == pytest.approx(0.95) and "in A172" in source
+    assert calibration.unaffected_for(fractions, "NEW", "k562", 0.0, effect=0.35) < 0.15
+    w, source = calibration.unaffected_source(fractions, "NEW", "T98G", 0.0, effect=0.35)
+    assert w == pytest.approx(np.mean([0.1, 0.1, 0.9])) and "in T98G" not in source
+
+
 def test_the_share_of_non_responders_drawn_is_the_fraction():
     from departures_core.sample import draw_unchanged
 
