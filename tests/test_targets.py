@@ -124,3 +124,18 @@ def test_a_held_out_knock_out_switches_its_own_gene_off_and_says_so(screen_run):
     note = notes.responder_note(shown)
     assert "G6, the perturbed gene, is measured but was never trained" in note
     assert "own genes of 6 training perturbations in line did" in note
+
+
+def test_a_knock_out_of_a_gene_never_perturbed_lowers_that_gene(screen_run):
+    """A user asks for the knock-out of G9, a measured gene no cell of the screen was
+    perturbed in: the predicted cells express G9 far less than the control cells do, as
+    the screen's knock-outs lowered their genes, and keep the other genes' control share."""
+    predicted = runs.predict(screen_run, "G9", n_cells=400, steps=10)
+    control = screen_run.data.x[screen_run.data.control_indices("line")]
+    x = np.asarray(predicted.X)
+    g = GENES.index("G9")
+    assert np.mean(x[:, g] > 0) < 0.25 < 0.6 < np.mean(control[:, g] > 0)
+    other = [GENES.index(n) for n in ("G10", "G15", "G25")]
+    np.testing.assert_allclose(
+        np.mean(x[:, other] > 0, axis=0), np.mean(control[:, other] > 0, axis=0), atol=0.15
+    )
