@@ -351,6 +351,11 @@ def condition_key(perturbation: str, cell_type: str, dose: float) -> str:
     return f"{perturbation}|{cell_type}|{dose:g}"
 
 
+def _cell_type_of(key: str) -> str:
+    """The cell type of a `condition_key`."""
+    return key.rsplit("|", 2)[1]
+
+
 def unaffected_by_effect(
     fractions: dict, effect: float, cell_type: str | None = None
 ) -> float | None:
@@ -361,7 +366,7 @@ def unaffected_by_effect(
     among all; None with fewer than 3 training conditions to learn from."""
     effects = fractions.get("effect") or {}
     keys = [k for k in effects if k in fractions["condition"]]
-    own = [k for k in keys if k.rsplit("|", 2)[1] == cell_type]
+    own = [k for k in keys if _cell_type_of(k) == cell_type]
     if len(own) >= 3:
         keys = own
     if len(keys) < 3:
@@ -384,8 +389,8 @@ def unaffected_for(
 
     A training condition has its own. Any other takes the fraction of the training
     conditions (of its cell type, when it has enough) with a similar predicted ``effect``
-    (`unaffected_by_effect`) when the effect
-    is given, else the median of its cell type's training conditions, else of all.
+    (`unaffected_by_effect`) when the effect is given, else the median of its cell type's
+    training conditions, else of all.
     """
     return unaffected_source(fractions, perturbation, cell_type, dose, effect)[0]
 
@@ -406,9 +411,9 @@ def unaffected_source(
     if effect is not None:
         w = unaffected_by_effect(fractions, effect, cell_type)
         if w is not None:
-            own = sum(k.rsplit("|", 2)[1] == cell_type for k in fractions["effect"]) >= 3
+            in_type = sum(_cell_type_of(k) == cell_type for k in fractions["effect"]) >= 3
             return w, (
-                f"from the training conditions{f' in {cell_type}' if own else ''} with a "
+                f"from the training conditions{f' in {cell_type}' if in_type else ''} with a "
                 f"predicted effect like this one's (energy distance {effect:.2f} from the "
                 f"control cells)"
             )

@@ -132,12 +132,13 @@ def set_targets(sim: Simulation, fractions: dict, groups: dict, x0, vocab, seed:
     if not fitted:
         return
     rng = np.random.default_rng([int(seed), 3])
+    index = targets.gene_index(vocab.genes)
     sim.targets = {}
     for row, idx in groups.items():
         perturbation, cell_type, _ = row
         unseen = [
             (part, g)
-            for part, g in targets.measured_targets(perturbation, vocab.genes)
+            for part, g in targets.measured_targets(perturbation, index)
             if vocab.token_id(part) == UNKNOWN
         ]
         if not unseen:

@@ -24,9 +24,14 @@ MIN_TARGETS = 3  # training perturbations with a measured target needed to learn
 MIN_ACTIVE = 5  # cells expressing the target, in control and perturbed, to measure a scale
 
 
-def measured_targets(perturbation: str, genes) -> list[tuple[str, int]]:
-    """The parts of ``perturbation`` that are measured genes, with their column."""
-    index = {g: i for i, g in enumerate(genes)}
+def gene_index(genes) -> dict[str, int]:
+    """Column of each measured gene, for `measured_targets`."""
+    return {g: i for i, g in enumerate(genes)}
+
+
+def measured_targets(perturbation: str, index: dict[str, int]) -> list[tuple[str, int]]:
+    """The parts of ``perturbation`` that are measured genes (``index``: `gene_index`),
+    with their column."""
     return [(p, index[p]) for p in tokens_of(perturbation) if p in index]
 
 
@@ -64,10 +69,11 @@ def fit(data: PerturbationData) -> dict | None:
     """What the training perturbations do to their own measured gene, per cell type with
     `MIN_TARGETS` of them or more and over all (``"overall"``); None with fewer in all."""
     by_type: dict[str, list[tuple[float, float]]] = {}
+    index = gene_index(data.genes)
     for cond in data.train_conditions():
         if len(cond.perturbed) == 0 or len(cond.control) == 0:
             continue
-        for _, g in measured_targets(cond.perturbation, data.genes):
+        for _, g in measured_targets(cond.perturbation, index):
             by_type.setdefault(cond.cell_type, []).append(
                 change(data.x[cond.control, g], data.x[cond.perturbed, g])
             )
