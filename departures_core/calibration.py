@@ -356,6 +356,16 @@ def _cell_type_of(key: str) -> str:
     return key.rsplit("|", 2)[1]
 
 
+def _effect_neighbours(fractions: dict, cell_type: str | None) -> tuple[list[str], bool]:
+    """The training conditions a held-out condition's fraction is read off
+    (`unaffected_by_effect`), and whether they are its own cell type's: those with both a
+    fraction and a predicted effect, of ``cell_type`` when it has 3 or more, else all."""
+    effects = fractions.get("effect") or {}
+    keys = [k for k in effects if k in fractions["condition"]]
+    own = [k for k in keys if _cell_type_of(k) == cell_type]
+    return (own, True) if len(own) >= 3 else (keys, False)
+
+
 def unaffected_by_effect(
     fractions: dict, effect: float, cell_type: str | None = None
 ) -> float | None:
@@ -365,10 +375,7 @@ def unaffected_by_effect(
     depends on the cell type: a CRISPRa line and three CRISPRi lines in the demo), else
     among all; None with fewer than 3 training conditions to learn from."""
     effects = fractions.get("effect") or {}
-    keys = [k for k in effects if k in fractions["condition"]]
-    own = [k for k in keys if _cell_type_of(k) == cell_type]
-    if len(own) >= 3:
-        keys = own
+    keys, _ = _effect_neighbours(fractions, cell_type)
     if len(keys) < 3:
         return None
     known = np.log(np.maximum([effects[k] for k in keys], 1e-3))
@@ -411,7 +418,7 @@ def unaffected_source(
     if effect is not None:
         w = unaffected_by_effect(fractions, effect, cell_type)
         if w is not None:
-            in_type = sum(_cell_type_of(k) == cell_type for k in fractions["effect"]) >= 3
+            _, in_type = _effect_neighbours(fractions, cell_type)
             return w, (
                 f"from the training conditions{f' in {cell_type}' if in_type else ''} with a "
                 f"predicted effect like this one's (energy distance {effect:.2f} from the "

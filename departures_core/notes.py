@@ -62,8 +62,8 @@ def responder_note(cells: ConditionCells) -> str | None:
             f" trained in respond ({carried:.0%} on average); the others keep their control"
             f" value."
         )
-    for gene, before, after, scale, own, n in (cells.simulation.targets or {}).get(row, ()):
-        where = f"in {cells.cell_type}" if own else "over the cell types"
+    for gene, before, after, scale, in_type, n in (cells.simulation.targets or {}).get(row, ()):
+        where = f"in {cells.cell_type}" if in_type else "over the cell types"
         note += (
             f" {gene}, the perturbed gene, is measured but was never trained: it changes as the"
             f" own genes of {n} training perturbations {where} did (median) — expressed in"

@@ -133,6 +133,8 @@ def set_targets(sim: Simulation, fractions: dict, groups: dict, x0, vocab, seed:
         return
     rng = np.random.default_rng([int(seed), 3])
     index = targets.gene_index(vocab.genes)
+    keep = np.zeros(sim.prediction.shape, dtype=bool)
+    end = sim.prediction.copy()
     sim.targets = {}
     for row, idx in groups.items():
         perturbation, cell_type, _ = row
@@ -145,8 +147,6 @@ def set_targets(sim: Simulation, fractions: dict, groups: dict, x0, vocab, seed:
             continue
         idx = np.asarray(idx)
         change, own = targets.for_cell_type(fitted, cell_type)
-        keep = np.zeros(sim.prediction.shape, dtype=bool)
-        end = np.array(sim.prediction, copy=True)
         sim.targets[row] = []
         for part, g in unseen:
             keep[idx, g] = True
@@ -161,7 +161,7 @@ def set_targets(sim: Simulation, fractions: dict, groups: dict, x0, vocab, seed:
                     change["n"],
                 )
             )
-        keep_genes_unchanged(sim, x0, keep, end)
+    keep_genes_unchanged(sim, x0, keep, end)
 
 
 def scale_bridges(sim: Simulation, idx: np.ndarray, factor: float) -> None:
