@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import json
-import time
 import warnings
-from contextlib import contextmanager, nullcontext
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,6 +21,7 @@ from .errors import ConfigError, DeparturesError, RunError, UnknownPerturbationE
 from .model import Departures, atomic_write_text, remove_partial_writes
 from .predicted import to_anndata  # noqa: F401  (explore imports it from here)
 from .responders import draw as draw_non_responders
+from .run_files import ProgressFile, check_resumable, sole_writer
 from .sample import Simulation, simulate_rows
 from .train import fit, load_model, resolve_device, validation_split
 
@@ -38,7 +38,6 @@ RUN_FILES = (
     keys.SPLIT_FILE,
     keys.DATA_FILE,
 )
-LOCK_FILE = ".train.lock"  # held (flock) by the one process training a run folder
 
 
 def prepare(adata: ad.AnnData, config: RunConfig) -> ad.AnnData:
@@ -95,7 +94,7 @@ def _train_locked(adata, config, run_dir, resume, device, ctx, callback, should_
         remove_partial_writes(run_dir, RUN_FILES)  # what a process killed mid-write left
     if resume:
         model, state = load_model(run_dir)
-        _check_resumable(run_dir, state)
+        check_resumable(run_dir, state)
         saved = model.config
         config = saved.replace(train=config.train)
         model.config = config
@@ -158,81 +157,6 @@ def _fit_reporting(model, data, run_dir, device, state, callback, should_stop, p
         raise
     reporter.finish(history, stopped=stop())
     return history
-
-
-@contextmanager
-def sole_writer(run_dir: Path):
-    """Hold an exclusive lock on ``run_dir`` while training it.
-
-    A second process training the same folder is refused instead of writing over the first
-    one's files. The operating system drops the lock when the process ends, however it ends
-    (SIGKILL included), so a killed run never stays locked.
-    """
-    try:
-        import fcntl
-    except ImportError:  # Windows: no advisory locks; one trainer per folder is up to the user
-        yield
-        return
-    with open(run_dir / LOCK_FILE, "a") as fh:
-        try:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            raise RunError(
-                f"{run_dir} is being trained by another process; wait for it to finish, or "
-                "stop it first (the app's Stop button, or create a file named STOP there)."
-            ) from None
-        yield
-
-
-def _check_resumable(run_dir: Path, state: dict) -> None:
-    missing = [k for k in ("optimizer", "torch_rng") if k not in state]
-    if missing:
-        raise RunError(
-            f"{run_dir / keys.MODEL_FILE} holds a model but not its training state "
-            f"({', '.join(missing)}), so it cannot be resumed; train a new run instead."
-        )
-
-
-class ProgressFile:
-    """Writes ``progress.json`` (step, total, epoch, losses, state) at most once a second."""
-
-    def __init__(self, path: Path, device, callback=None):
-        self.path, self.device, self.callback, self.last = path, str(device), callback, 0.0
-
-    def __call__(self, p) -> None:
-        if self.callback:
-            self.callback(p)
-        now = time.monotonic()
-        if now - self.last >= 1.0 or p.step == p.total_steps:
-            self.last = now
-            self._write(
-                "running",
-                step=p.step,
-                total=p.total_steps,
-                epoch=p.epoch,
-                loss_cont=p.loss_cont,
-                loss_disc=p.loss_disc,
-            )
-
-    def finish(self, history: list[dict], *, stopped: bool) -> None:
-        last = json.loads(self.path.read_text()) if self.path.exists() else {}
-        last = {k: v for k, v in last.items() if k not in ("state", "device")}
-        step = history[-1]["step"] if history else 0
-        if not stopped:  # a resume asking for no more epochs than were done is finished too
-            last["total"] = step
-        self._write("stopped" if stopped else "finished", **{**last, "step": step})
-
-    def fail(self, exc: BaseException) -> None:
-        if isinstance(exc, KeyboardInterrupt):
-            reason = "interrupted"
-        elif isinstance(exc, DeparturesError):  # its message says what to do already
-            reason = str(exc)
-        else:
-            reason = f"{type(exc).__name__}: {exc}"
-        self._write("failed", error=reason)
-
-    def _write(self, state: str, **fields) -> None:
-        atomic_write_text(self.path, json.dumps({"state": state, "device": self.device, **fields}))
 
 
 def _write_run_files(run_dir: Path, prepared: ad.AnnData, config: RunConfig, split: Split) -> None:
