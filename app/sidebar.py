@@ -51,6 +51,11 @@ def _run_picker() -> None:
     )
     if state.auto_picked():
         st.caption("The most recently finished run, opened for you; pick another here.")
+    trained_on = next((r.dataset for r in runs if str(r.path) == str(current)), "")
+    ds = state.dataset()
+    if trained_on and (ds is None or trained_on != ds.name):
+        # the run's pages show the run's own cells, whatever the session's dataset is
+        st.caption(f"Trained on {escape(trained_on)}: its pages show that dataset's cells.")
     if picked != (str(current) if current else None):
         state.set_run(Path(picked) if picked else None)
         st.rerun()

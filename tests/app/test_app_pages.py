@@ -47,6 +47,25 @@ def test_the_latest_finished_run_is_opened_when_none_is_chosen(app, runs_dir, tr
     assert not (runs_dir / demo.DEMO_RUN_NAME).exists()  # the user's runs: no demo added
 
 
+def test_a_run_of_another_dataset_says_which_one_it_shows(app, runs_dir, trained):
+    """The sidebar's dataset is the session's; a run trained on another one says so, since
+    its pages show the run's own cells."""
+    from app import state
+
+    for name, dataset in (("theirs", "kang_pbmc.h5ad"), ("ours", next(iter(state.bundled())))):
+        shutil.copytree(trained[0], runs_dir / name)
+        info = {"dataset": dataset, "returncode": 0, "started": 0}
+        (runs_dir / name / registry.LAUNCH_FILE).write_text(json.dumps(info))
+    at = app()
+    at.sidebar.selectbox[0].set_value(str(runs_dir / "theirs")).run()
+    _no_exception(at)
+    shown = texts(at.sidebar.caption).replace("\\", "")
+    assert "Demo: PerturBench" in shown  # the session's dataset
+    assert "Trained on kang_pbmc.h5ad: its pages show that dataset's cells." in shown
+    at.sidebar.selectbox[0].set_value(str(runs_dir / "ours")).run()
+    assert "Trained on" not in texts(at.sidebar.caption)
+
+
 def test_empty_pages_say_what_to_do(app):
     at = without_run(app(), data=False)
     assert "Departures Explorer" in texts(at.title)
