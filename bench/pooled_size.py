@@ -49,7 +49,11 @@ def main() -> None:
         data, rng = run.data, np.random.default_rng(0)
         pooled = evaluate.pooled_perturbed_predictor(data)
         scored = pd.read_csv(run_dir / "eval" / "metrics.csv")
-        scored = scored[scored["method"] == "departures"]
+        ours = (
+            scored[scored["method"] == "departures"]
+            .set_index(["metric", "perturbation", "cell_type"])["value"]
+            .to_dict()
+        )
         for cond in data.conditions:
             if not cond.held_out or len(cond.perturbed) < 10:
                 continue
@@ -60,11 +64,6 @@ def main() -> None:
             ]
             for metric in METRICS:
                 score = getattr(metrics, metric)
-                ours = scored[
-                    (scored["metric"] == metric)
-                    & (scored["perturbation"] == cond.perturbation)
-                    & (scored["cell_type"] == cond.cell_type)
-                ]["value"]
                 rows.append(
                     dict(
                         dataset=name,
@@ -74,7 +73,7 @@ def main() -> None:
                         pooled=score(pool, obs),
                         pooled_at_control_size=float(np.mean([score(d, obs) for d in drawn])),
                         control=score(data.x[cond.control], obs),
-                        departures=float(ours.iloc[0]) if len(ours) else np.nan,
+                        departures=ours.get((metric, cond.perturbation, cond.cell_type), np.nan),
                     )
                 )
     table = pd.DataFrame(rows)

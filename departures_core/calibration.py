@@ -368,21 +368,22 @@ def _effect_neighbours(fractions: dict, cell_type: str | None) -> tuple[list[str
 
 def unaffected_by_effect(
     fractions: dict, effect: float, cell_type: str | None = None
-) -> float | None:
+) -> tuple[float, bool] | None:
     """The mean unaffected fraction of the training conditions whose predicted effect is
     nearest ``effect`` in log scale (the nearest sqrt(n), at least 3), among those of
     ``cell_type`` when it has 3 or more (how many cells a perturbation leaves unchanged
     depends on the cell type: a CRISPRa line and three CRISPRi lines in the demo), else
-    among all; None with fewer than 3 training conditions to learn from."""
+    among all; and whether they were ``cell_type``'s. None with fewer than 3 training
+    conditions to learn from."""
     effects = fractions.get("effect") or {}
-    keys, _ = _effect_neighbours(fractions, cell_type)
+    keys, in_type = _effect_neighbours(fractions, cell_type)
     if len(keys) < 3:
         return None
     known = np.log(np.maximum([effects[k] for k in keys], 1e-3))
     distance = np.abs(known - np.log(max(effect, 1e-3)))
     k = max(3, int(np.ceil(np.sqrt(len(keys)))))
     nearest = np.argsort(distance, kind="stable")[:k]
-    return float(np.mean([fractions["condition"][keys[i]] for i in nearest]))
+    return float(np.mean([fractions["condition"][keys[i]] for i in nearest])), in_type
 
 
 def unaffected_for(
@@ -416,9 +417,9 @@ def unaffected_source(
     if own is not None:
         return float(own), "fitted on this training condition's observed cells"
     if effect is not None:
-        w = unaffected_by_effect(fractions, effect, cell_type)
-        if w is not None:
-            _, in_type = _effect_neighbours(fractions, cell_type)
+        found = unaffected_by_effect(fractions, effect, cell_type)
+        if found is not None:
+            w, in_type = found
             return w, (
                 f"from the training conditions{f' in {cell_type}' if in_type else ''} with a "
                 f"predicted effect like this one's (energy distance {effect:.2f} from the "
