@@ -75,6 +75,14 @@ def _parser() -> argparse.ArgumentParser:
         default=tr.ema,
         help="keep a moving average of the weights with this decay (0: the last weights)",
     )
+    t.add_argument(
+        "--validation-fraction",
+        type=float,
+        default=d.validation_fraction,
+        help="share of the training perturbations (cell types, when cell types are held out) "
+        "kept out of training to fit what an unseen perturbation is predicted with "
+        "(default 0.2; none with fewer than 4)",
+    )
     t.add_argument("--n-genes", type=int, default=d.n_genes)
     t.add_argument("--min-cells", type=int, default=d.min_cells)
     t.add_argument(
@@ -209,6 +217,7 @@ def _config(args, adata) -> RunConfig:
             else DataConfig.holdout_fraction
         ),
         holdout_cell_types=args.holdout_cell_type,
+        validation_fraction=args.validation_fraction,
     )
     return RunConfig(
         data=data,

@@ -22,6 +22,12 @@ class DataConfig:
     holdout: tuple[str, ...] = ()
     holdout_fraction: float = 0.25
     holdout_cell_types: tuple[str, ...] = ()
+    # share of the training perturbations (of the training cell types, when cell types are
+    # held out) kept out of the network's training; what the model uses for a perturbation
+    # it never saw (the non-responders' fraction, the spread) is fitted on them. None with
+    # fewer than 4 (`data.MIN_VALIDATION_UNITS`). ``validation`` names them instead.
+    validation_fraction: float = 0.2
+    validation: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -205,6 +211,10 @@ class RunConfig:
             (
                 0 <= self.data.holdout_fraction < 1,
                 f"hold-out fraction must be in [0, 1), got {self.data.holdout_fraction}",
+            ),
+            (
+                0 <= self.data.validation_fraction < 1,
+                f"validation fraction must be in [0, 1), got {self.data.validation_fraction}",
             ),
             (self.model.hidden >= 1 and self.model.cond_dim >= 2, "network sizes must be >= 2"),
             (

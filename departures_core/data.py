@@ -3,6 +3,7 @@ AnnData stops here."""
 
 from __future__ import annotations
 
+import dataclasses
 import warnings
 from dataclasses import dataclass, field
 
@@ -42,29 +43,53 @@ class Condition:
     perturbed: np.ndarray  # row indices of the perturbed cells
     control: np.ndarray  # row indices of the control cells of the same cell type
     held_out: bool
+    # a training perturbation (or cell type) kept out of the network's training: the
+    # post-hoc fits for what the model never saw are made on it, never on held-out ones
+    validation: bool = False
 
 
 @dataclass(frozen=True)
 class Split:
     """Perturbations used for training and held out; a condition is held out when its
-    perturbation is, or when its cell type is in ``holdout_cell_types``."""
+    perturbation is, or when its cell type is in ``holdout_cell_types``. Of the training
+    perturbations (cell types), ``validation`` (``validation_cell_types``) are kept out of
+    the network's training: unseen like a held-out one, but never used for reporting."""
 
     train: tuple[str, ...]
     holdout: tuple[str, ...]
     holdout_cell_types: tuple[str, ...] = ()
+    validation: tuple[str, ...] = ()
+    validation_cell_types: tuple[str, ...] = ()
 
     def is_held_out(self, perturbation: str, cell_type: str) -> bool:
         return perturbation in self.holdout or cell_type in self.holdout_cell_types
 
+    def is_validation(self, perturbation: str, cell_type: str) -> bool:
+        return not self.is_held_out(perturbation, cell_type) and (
+            perturbation in self.validation or cell_type in self.validation_cell_types
+        )
+
+    @property
+    def unseen_cell_types(self) -> tuple[str, ...]:
+        """Cell types the network trains on no condition of."""
+        return tuple(sorted({*self.holdout_cell_types, *self.validation_cell_types}))
+
     def to_dict(self) -> dict:
         d = {"train": list(self.train), "holdout": list(self.holdout)}
-        if self.holdout_cell_types:
-            d["holdout_cell_types"] = list(self.holdout_cell_types)
+        for name in ("holdout_cell_types", "validation", "validation_cell_types"):
+            if getattr(self, name):
+                d[name] = list(getattr(self, name))
         return d
 
     @classmethod
     def from_dict(cls, d: dict) -> Split:
-        return cls(tuple(d["train"]), tuple(d["holdout"]), tuple(d.get("holdout_cell_types", ())))
+        return cls(
+            tuple(d["train"]),
+            tuple(d["holdout"]),
+            tuple(d.get("holdout_cell_types", ())),
+            tuple(d.get("validation", ())),
+            tuple(d.get("validation_cell_types", ())),
+        )
 
 
 def make_split(
@@ -99,7 +124,39 @@ def make_split(
         raise SplitError(
             "The split leaves nothing to train on; hold out fewer perturbations or cell types."
         )
-    return Split(tuple(train), tuple(holdout), tuple(sorted(cfg.holdout_cell_types)))
+    held_types = tuple(sorted(cfg.holdout_cell_types))
+    validation, validation_types = _validation(train, cell_types, held_types, cfg, seed)
+    return Split(tuple(train), tuple(holdout), held_types, validation, validation_types)
+
+
+# fewer training units than this keep all of them for training: one left out would cost
+# the network a large share of what it learns from
+MIN_VALIDATION_UNITS = 4
+
+
+def _validation(
+    train: list[str], cell_types: list[str], held_types: tuple[str, ...], cfg: DataConfig, seed
+) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """The validation perturbations, or cell types when the split holds out cell types
+    (the unit the held-out conditions are new in): a seeded share of the training ones."""
+    if cfg.validation:
+        unknown = [p for p in cfg.validation if p not in train]
+        if unknown:
+            raise SplitError(
+                f"Validation perturbation(s) not among the training perturbations: "
+                f"{', '.join(unknown)}."
+            )
+        return tuple(sorted(cfg.validation)), ()
+    if not 0.0 <= cfg.validation_fraction < 1.0:
+        raise SplitError(f"--validation-fraction must be in [0, 1), got {cfg.validation_fraction}.")
+    by_type = bool(held_types)
+    units = [c for c in cell_types if c not in held_types] if by_type else sorted(train)
+    if cfg.validation_fraction == 0 or len(units) < MIN_VALIDATION_UNITS:
+        return (), ()
+    n = max(1, int(round(cfg.validation_fraction * len(units))))
+    rng = np.random.default_rng([seed, 11])
+    chosen = tuple(sorted(rng.choice(units, size=n, replace=False).tolist()))
+    return ((), chosen) if by_type else (chosen, ())
 
 
 class Expression:
@@ -188,7 +245,17 @@ class PerturbationData:
         return np.flatnonzero((self.perturbation == self.control) & (self.cell_type == cell_type))
 
     def train_conditions(self) -> list[Condition]:
-        return [c for c in self.conditions if not c.held_out]
+        """The conditions the network trains on: neither held out nor validation."""
+        return [c for c in self.conditions if not c.held_out and not c.validation]
+
+    def validation_conditions(self) -> list[Condition]:
+        return [c for c in self.conditions if c.validation]
+
+    def with_validation_trained(self) -> PerturbationData:
+        """The same data with the validation conditions counted as training ones: what a
+        baseline learns from once its setting was chosen on them."""
+        conditions = [dataclasses.replace(c, validation=False) for c in self.conditions]
+        return dataclasses.replace(self, conditions=conditions)
 
     def heldout_conditions(self) -> list[Condition]:
         return [c for c in self.conditions if c.held_out]
@@ -238,7 +305,9 @@ def populations(
         if len(ctrl) == 0:
             missing_ctrl.add(ct)
             continue
-        data.conditions.append(Condition(p, ct, d, idx, ctrl, split.is_held_out(p, ct)))
+        data.conditions.append(
+            Condition(p, ct, d, idx, ctrl, split.is_held_out(p, ct), split.is_validation(p, ct))
+        )
     if missing_ctrl:
         warnings.warn(
             f"Cell type(s) without control cells were skipped: {sorted(missing_ctrl)}. "

@@ -23,6 +23,8 @@ METRIC_NAMES: tuple[str, ...] = (
     "activation_pcc",
     "pearson_delta",
     "pearson_delta_de20",
+    "pearson_delta_pooled",
+    "pearson_delta_pooled_de20",
     "mmd",
     "e_distance_pca_sq",
 )
@@ -206,6 +208,8 @@ def pearson_delta(pred, obs, ctrl) -> float:
     Parameters
     ----------
     pred, obs, ctrl : array-like, shapes (n_pred | n_obs | n_ctrl, n_genes)
+        ``ctrl`` may also be a reference mean, shape (n_genes,) or (1, n_genes): the
+        Systema-style `pearson_delta_pooled` centres on the pooled perturbed cells' mean.
 
     Returns
     -------
@@ -306,7 +310,7 @@ def _de_columns(genes: Sequence[str], de_genes: Sequence[str], k: int) -> np.nda
 
 
 def condition_metrics(
-    pred, obs, ctrl, *, genes=None, de_genes=None, means_from=None
+    pred, obs, ctrl, *, genes=None, de_genes=None, means_from=None, pooled=None
 ) -> dict[str, float]:
     """All metrics of one condition, keyed exactly by :data:`METRIC_NAMES`.
 
@@ -324,6 +328,11 @@ def condition_metrics(
         (``pearson_delta``, ``pearson_delta_de20``, ``activation_pcc``): a generative
         model's mean is estimated with less sampling noise from many cells, while the
         distances compare ``pred``, a sample the size of the baselines'.
+    pooled : array-like, shape (n_genes,), optional
+        The mean of the cell type's training perturbations' cells. ``pearson_delta_pooled``
+        (and its top-20 DE form) centre the changes on it instead of on the controls
+        (Systema, Vinas Torne et al. 2025): what every perturbation shares - the systematic
+        difference between perturbed and control cells - then earns nothing. nan when None.
 
     Returns
     -------
@@ -356,4 +365,13 @@ def condition_metrics(
         cols = _de_columns(list(genes), list(de_genes), 20)
         if cols.size:
             out["pearson_delta_de20"] = pearson_delta(means[:, cols], obs[:, cols], ctrl[:, cols])
+    if pooled is not None:
+        ref = np.asarray(pooled, dtype=np.float64).reshape(1, -1)
+        _check_genes(pred=pred, pooled=ref)
+        out["pearson_delta_pooled"] = pearson_delta(means, obs, ref)
+        cols = _de_columns(list(genes), list(de_genes), 20) if de_genes is not None else []
+        if len(cols):
+            out["pearson_delta_pooled_de20"] = pearson_delta(
+                means[:, cols], obs[:, cols], ref[:, cols]
+            )
     return out

@@ -99,7 +99,7 @@ def build_net(
     vocab: Vocabulary, config: RunConfig, buffers: dict[str, torch.Tensor], split: Split
 ) -> DeparturesNet:
     m = config.model
-    unseen = torch.tensor([ct in split.holdout_cell_types for ct in vocab.cell_types])
+    unseen = torch.tensor([ct in split.unseen_cell_types for ct in vocab.cell_types])
     encoder_grn = GRNEncoder(
         buffers["gene_features"], buffers["edge_index"], buffers["edge_weight"], m.cond_dim
     )

@@ -63,7 +63,8 @@ def validation_split(
     conditions, held = [], {}
     for cond in data.conditions:
         n_val = int(round(fraction * len(cond.perturbed)))
-        if cond.held_out or len(cond.perturbed) < 2 * min_cells or n_val < min_cells // 2:
+        small = len(cond.perturbed) < 2 * min_cells or n_val < min_cells // 2
+        if cond.held_out or cond.validation or small:
             conditions.append(cond)
             continue
         val = np.zeros(len(cond.perturbed), dtype=bool)
