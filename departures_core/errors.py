@@ -39,3 +39,7 @@ class RunError(DeparturesError):
 
 class ConfigError(DeparturesError):
     """A hyper-parameter is out of its valid range."""
+
+
+class KnowledgeError(DeparturesError):
+    """The gene knowledge (shipped GO table or a user's graph/embedding) cannot be used."""
