@@ -32,6 +32,7 @@ KNOWN = [
     ("couplings.py", "OT couplings", ":material/grid_on:"),
     ("trajectories.py", "Trajectories", ":material/timeline:"),
     ("activation.py", "Activation", ":material/toggle_on:"),
+    ("evaluation.py", "Evaluation", ":material/leaderboard:"),
 ]
 
 
