@@ -79,13 +79,20 @@ def condition_picker(table, *, key: str, multi: bool = False):
     rows = table[table["cell_type"] == cell_type]
     perts = rows["perturbation"].tolist()  # held-out first (conditions_table's order)
     is_held = dict(zip(rows["perturbation"], rows["held_out"], strict=True))
+    validation = rows["validation"] if "validation" in rows else [False] * len(rows)
+    is_val = dict(zip(rows["perturbation"], validation, strict=True))
     n_cells = dict(zip(rows["perturbation"], rows["n_perturbed"], strict=True))
 
     def label(p: str) -> str:
-        return f"{p} · held out ({n_cells[p]} cells)" if is_held[p] else f"{p} ({n_cells[p]} cells)"
+        kind = " · held out" if is_held[p] else " · validation" if is_val.get(p) else ""
+        return f"{p}{kind} ({n_cells[p]} cells)"
 
     last = [p for p in st.session_state.get("pick:perturbations", []) if p in perts]
-    help_ = "Held-out perturbations were never trained on: the model predicts them unseen."
+    help_ = (
+        "Held-out perturbations were never trained on: the model predicts them unseen. "
+        "Validation ones were left out of training too; what an unseen perturbation is "
+        "predicted with was fitted on them."
+    )
     if multi:
         pert_key = f"{key}-perts-{cell_type}"
         _settle(pert_key, last or perts[:1], perts, force=forced, many=True)

@@ -288,7 +288,7 @@ def fit_unaffected(
         for ct, (num, den, n) in shift_sums.items()
         if n >= MIN_SHIFT_CONDITIONS
     }
-    return {
+    fitted = {
         "condition": {k: w for k, (_, w, _) in per_condition.items()},
         "effect": {k: s for k, (_, _, s) in per_condition.items() if s is not None},
         "cell_type": {ct: float(np.median(ws)) for ct, ws in by_type.items()},
@@ -298,6 +298,52 @@ def fit_unaffected(
         "target": targets.fit(data),
         "spread": factors,
     }
+    unseen = fit_unseen(data, simulate_condition, min_cells=min_cells, max_cells=max_cells, rng=rng)
+    if unseen is not None:
+        fitted["unseen"] = unseen
+    return fitted
+
+
+def fit_unseen(
+    data: PerturbationData,
+    simulate_condition: Callable[[Condition, np.ndarray], np.ndarray],
+    *,
+    min_cells: int = 10,
+    max_cells: int = EFFECT_CELLS,
+    rng: np.random.Generator,
+) -> dict | None:
+    """The non-responders' fraction and the bridges' spread of the validation conditions:
+    training perturbations (or cell types) the network was not trained on, so that a
+    perturbation it never saw is predicted the way these unseen ones fitted, not the way
+    trained ones (whose bridges fit their own cells) did. Same estimates as the training
+    conditions' (`unaffected_fraction`, `spread.ratios`), on all their observed cells.
+    None when the run has no validation conditions."""
+    chosen = []
+    for cond in data.validation_conditions():
+        if len(cond.perturbed) < min_cells or len(cond.control) < 2:
+            continue
+        rows, obs = cond.control, cond.perturbed
+        if len(rows) > max_cells:
+            rows = np.sort(rng.choice(rows, max_cells, replace=False))
+        if len(obs) > max_cells:
+            obs = np.sort(rng.choice(obs, max_cells, replace=False))
+        chosen.append((cond, rows, obs, simulate_condition(cond, rows)))
+    if not chosen:
+        return None
+    ratios: dict[str, list] = {}
+    for cond, _, obs, pred in chosen:
+        ratios.setdefault(cond.cell_type, []).append(spread.ratios(pred, data.x[obs]))
+    factors = spread.fit(ratios)
+    fractions, effects = {}, {}
+    for cond, rows, obs, pred in chosen:
+        pred = spread.scale(pred, spread.factor_for(factors, cond.cell_type))
+        ctrl = data.x[rows]
+        key = condition_key(cond.perturbation, cond.cell_type, cond.dose)
+        fractions[key] = unaffected_fraction(pred, ctrl, data.x[obs])
+        effect = predicted_effect(pred, ctrl)
+        if effect is not None:
+            effects[key] = effect
+    return {"condition": fractions, "effect": effects, "spread": factors}
 
 
 # The cells that do not respond still differ from the control cells in what every perturbed
@@ -356,28 +402,35 @@ def _cell_type_of(key: str) -> str:
     return key.rsplit("|", 2)[1]
 
 
-def _effect_neighbours(fractions: dict, cell_type: str | None) -> tuple[list[str], bool]:
-    """The training conditions a held-out condition's fraction is read off
-    (`unaffected_by_effect`), and whether they are its own cell type's: those with both a
-    fraction and a predicted effect, of ``cell_type`` when it has 3 or more, else all."""
+def _effect_neighbours(
+    fractions: dict, cell_type: str | None, exclude: str | None = None
+) -> tuple[list[str], bool]:
+    """The conditions a held-out condition's fraction is read off (`unaffected_by_effect`),
+    and whether they are its own cell type's: those with both a fraction and a predicted
+    effect (but ``exclude``), of ``cell_type`` when it has 3 or more, else all."""
     effects = fractions.get("effect") or {}
-    keys = [k for k in effects if k in fractions["condition"]]
+    keys = [k for k in effects if k in fractions["condition"] and k != exclude]
     own = [k for k in keys if _cell_type_of(k) == cell_type]
     return (own, True) if len(own) >= 3 else (keys, False)
 
 
 def unaffected_by_effect(
-    fractions: dict, effect: float, cell_type: str | None = None
+    fractions: dict,
+    effect: float,
+    cell_type: str | None = None,
+    *,
+    min_conditions: int = 3,
+    exclude: str | None = None,
 ) -> tuple[float, bool] | None:
     """The mean unaffected fraction of the training conditions whose predicted effect is
     nearest ``effect`` in log scale (the nearest sqrt(n), at least 3), among those of
     ``cell_type`` when it has 3 or more (how many cells a perturbation leaves unchanged
     depends on the cell type: a CRISPRa line and three CRISPRi lines in the demo), else
     among all; and whether they were ``cell_type``'s. None with fewer than 3 training
-    conditions to learn from."""
+    conditions to learn from (``min_conditions``)."""
     effects = fractions.get("effect") or {}
-    keys, in_type = _effect_neighbours(fractions, cell_type)
-    if len(keys) < 3:
+    keys, in_type = _effect_neighbours(fractions, cell_type, exclude)
+    if len(keys) < max(1, min_conditions):
         return None
     known = np.log(np.maximum([effects[k] for k in keys], 1e-3))
     distance = np.abs(known - np.log(max(effect, 1e-3)))
@@ -413,9 +466,20 @@ def unaffected_source(
     """`unaffected_for` and a phrase saying where the fraction comes from."""
     if not fractions:
         return 0.0, "every cell responds"
-    own = fractions["condition"].get(condition_key(perturbation, cell_type, dose))
+    key = condition_key(perturbation, cell_type, dose)
+    own = fractions["condition"].get(key)
     if own is not None:
         return float(own), "fitted on this training condition's observed cells"
+    unseen = fractions.get("unseen")
+    if unseen and effect is not None:  # never its own fit: a validation condition is scored
+        found = unaffected_by_effect(unseen, effect, cell_type, min_conditions=1, exclude=key)
+        if found is not None:
+            w, in_type = found
+            return w, (
+                f"from the validation perturbations{f' in {cell_type}' if in_type else ''} "
+                f"(left out of training, as this one was) with a predicted effect like this "
+                f"one's (energy distance {effect:.2f} from the control cells)"
+            )
     if effect is not None:
         found = unaffected_by_effect(fractions, effect, cell_type)
         if found is not None:

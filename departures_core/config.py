@@ -164,6 +164,8 @@ class RunConfig:
         for name, kind in parts.items():
             known = {f.name for f in dataclasses.fields(kind)}
             values = {k: v for k, v in d.get(name, {}).items() if k in known}
+            if name == "data" and name in d and "validation_fraction" not in d[name]:
+                values["validation_fraction"] = 0.0  # saved before validation existed
             for k, v in values.items():
                 if isinstance(v, list):
                     values[k] = tuple(v)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import anndata as ad
@@ -20,6 +21,9 @@ METHODS = (
     "control",
     "mean_shift",
     "pooled_perturbed",
+    "additive",
+    "linear",
+    "nearest",
     "random_pairing",
     "no_discrete",
 )
@@ -30,17 +34,40 @@ VCC_COLUMNS = ("overlap_at_N", "discrimination_score_l1", "mae", "vcc_score")
 Predictor = Callable[[Condition], np.ndarray]
 
 
+TEST, VALIDATION = "test", "validation"
+PER_CONTROL = "per_control"  # one predicted cell per observed control cell
+N_FIXED = 200  # the other sample size scored: what a user asking for 200 cells gets
+NOISE_FLOOR = "noise_floor"  # e_distance between two halves of the observed cells
+
+
 @dataclass
 class Evaluation:
-    """Long-format scores plus the conditions that were skipped and why."""
+    """Long-format scores plus the conditions that were skipped and why.
 
-    metrics: pd.DataFrame  # columns: method, perturbation, cell_type, metric, value
+    ``metrics`` columns: method, perturbation, cell_type, metric, value, split (`TEST`:
+    held-out conditions, for reporting; `VALIDATION`: training perturbations left out of
+    training, where settings are chosen) and cells (`PER_CONTROL`, or ``"200"`` for a
+    model's 200 predicted cells). ``settings``: the baselines' settings chosen on
+    validation."""
+
+    metrics: pd.DataFrame
     skipped: list[dict] = field(default_factory=list)
+    settings: dict = field(default_factory=dict)
+
+    def reported(self) -> pd.DataFrame:
+        """The test rows of one predicted cell per control cell (older files: all rows)."""
+        m = self.metrics
+        keep = np.ones(len(m), dtype=bool)
+        if "split" in m:
+            keep &= (m["split"] == TEST).to_numpy()
+        if "cells" in m:
+            keep &= (m["cells"].astype(str) == PER_CONTROL).to_numpy()
+        return m[keep & (m["method"] != NOISE_FLOOR).to_numpy()]
 
     def summary(self) -> dict:
-        """``{method: {metric: {"mean": .., "median": .., "n": ..}}}``."""
+        """``{method: {metric: {"mean": .., "median": .., "n": ..}}}`` of the test conditions."""
         out: dict = {}
-        for (method, metric), values in self.metrics.groupby(["method", "metric"])["value"]:
+        for (method, metric), values in self.reported().groupby(["method", "metric"])["value"]:
             v = values.dropna()
             out.setdefault(method, {})[metric] = {
                 "mean": float(v.mean()) if len(v) else None,
@@ -61,7 +88,7 @@ class Evaluation:
         ),
     ) -> pd.DataFrame:
         """Median per method (rows) and metric (columns); cell-eval's when it was run."""
-        wide = self.metrics.pivot_table(
+        wide = self.reported().pivot_table(
             index="method", columns="metric", values="value", aggfunc="median"
         )
         order = [m for m in METHODS if m in wide.index]
@@ -71,10 +98,11 @@ class Evaluation:
         out_dir = Path(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_text(out_dir / "metrics.csv", self.metrics.to_csv(index=False))
-        atomic_write_text(
-            out_dir / "summary.json",
-            json.dumps({"summary": self.summary(), "skipped": self.skipped}, indent=2),
-        )
+        doc = {"summary": self.summary(), "skipped": self.skipped, "settings": self.settings}
+        atomic_write_text(out_dir / "summary.json", json.dumps(doc, indent=2))
+        from . import report
+
+        report.write(self.metrics, out_dir)
 
 
 def mean_shift_predictor(data: PerturbationData) -> Predictor:
@@ -124,10 +152,12 @@ MEAN_CELLS = 2000
 @dataclass(frozen=True)
 class Predicted:
     """A predictor's output with a second, larger sample: ``cells`` (one per control cell,
-    for the distances) and ``more`` (`start_rows`, for the means)."""
+    for the distances) and ``more`` (`start_rows`, for the means; None: ``cells``), and
+    ``fixed``, `N_FIXED` cells scored on their own (None: not scored)."""
 
     cells: np.ndarray
-    more: np.ndarray
+    more: np.ndarray | None = None
+    fixed: np.ndarray | None = None
 
 
 def start_rows(control: np.ndarray, n_cells: int) -> np.ndarray:
@@ -165,9 +195,16 @@ def model_predictor(
 
     def predict(cond: Condition) -> np.ndarray | Predicted:
         cells = simulate(cond, cond.control)
-        if len(cond.control) >= mean_cells:
+        if mean_cells <= 0:
             return cells
-        return Predicted(cells, simulate(cond, start_rows(cond.control, mean_cells)))
+        if len(cond.control) >= mean_cells:
+            more = None
+            fixed = cells[np.linspace(0, len(cells) - 1, N_FIXED).round().astype(int)]
+        else:
+            # the first `N_FIXED` start rows are those of a request for that many cells
+            more = simulate(cond, start_rows(cond.control, max(mean_cells, N_FIXED)))
+            fixed = more[:N_FIXED]
+        return Predicted(cells, more, fixed)
 
     return predict
 
@@ -184,19 +221,66 @@ def de_genes(data: PerturbationData, cond: Condition, n: int = 40) -> list[str]:
     return metrics.top_de_genes(sub, groupby="group", group="perturbed", reference="control", n=n)
 
 
+def noise_floor(obs: np.ndarray, seed: int = 0) -> float:
+    """The e_distance between two random halves of the observed cells: how far apart two
+    samples of the very same condition are; a prediction cannot be told from the truth
+    below about this."""
+    rng = np.random.default_rng([seed, 17])
+    order = rng.permutation(len(obs))
+    half = len(obs) // 2
+    return metrics.e_distance(obs[order[:half]], obs[order[half : 2 * half]])
+
+
+def pooled_means(data: PerturbationData) -> dict[str, np.ndarray]:
+    """Per cell type, the mean of its training conditions' perturbed cells (all training
+    conditions for a cell type with none): the reference `pearson_delta_pooled` centres on."""
+    train = data.train_conditions()
+    if not train:
+        return {}
+    everyone = data.x.mean(np.concatenate([c.perturbed for c in train]))
+    out = {}
+    for ct in data.cell_types:
+        rows = [c.perturbed for c in train if c.cell_type == ct]
+        out[ct] = data.x.mean(np.concatenate(rows)) if rows else everyone
+    return out
+
+
 def evaluate(
     data: PerturbationData,
     predictors: dict[str, Predictor],
     *,
+    split: str = TEST,
     min_cells: int = MIN_CELLS,
     progress: bool = True,
+    seed: int = 0,
 ) -> Evaluation:
-    """Score every held-out condition with every predictor."""
+    """Score every held-out (``split="test"``) or validation condition with every predictor.
+
+    The pooled reference of `pearson_delta_pooled` is what the predictors learn from: the
+    training conditions, with the validation ones for the test split."""
     from tqdm.auto import tqdm
 
     records, skipped = [], []
-    conditions = data.heldout_conditions()
-    for cond in tqdm(conditions, desc="evaluate", disable=not progress):
+    if split == TEST:
+        conditions, pooled = data.heldout_conditions(), pooled_means(data.with_validation_trained())
+    else:
+        conditions, pooled = data.validation_conditions(), pooled_means(data)
+
+    def add(method, cond, scores, cells=PER_CONTROL):
+        records.extend(
+            {
+                "method": method,
+                "perturbation": cond.perturbation,
+                "cell_type": cond.cell_type,
+                "metric": k,
+                "value": v,
+                "split": split,
+                "cells": cells,
+            }
+            for k, v in scores.items()
+        )
+
+    for cond in tqdm(conditions, desc=f"evaluate ({split})", disable=not progress):
         if len(cond.perturbed) < min_cells or len(cond.control) < 2:
             skipped.append(
                 {
@@ -209,26 +293,24 @@ def evaluate(
             continue
         obs, ctrl = data.x[cond.perturbed], data.x[cond.control]
         top = de_genes(data, cond)
+        score = partial(
+            metrics.condition_metrics,
+            obs=obs,
+            ctrl=ctrl,
+            genes=data.genes,
+            de_genes=top,
+            pooled=pooled.get(cond.cell_type),
+        )
+        add(NOISE_FLOOR, cond, {"e_distance": noise_floor(obs, seed)})
         for method, predict in predictors.items():
             pred = predict(cond)
-            cells, more = (pred.cells, pred.more) if isinstance(pred, Predicted) else (pred, None)
-            scores = metrics.condition_metrics(
-                cells, obs, ctrl, genes=data.genes, de_genes=top, means_from=more
-            )
-            records += [
-                {
-                    "method": method,
-                    "perturbation": cond.perturbation,
-                    "cell_type": cond.cell_type,
-                    "metric": k,
-                    "value": v,
-                }
-                for k, v in scores.items()
-            ]
-    frame = pd.DataFrame(
-        records, columns=["method", "perturbation", "cell_type", "metric", "value"]
-    )
-    return Evaluation(frame, skipped)
+            if not isinstance(pred, Predicted):
+                pred = Predicted(pred)
+            add(method, cond, score(pred.cells, means_from=pred.more))
+            if pred.fixed is not None:
+                add(method, cond, score(pred.fixed), cells=str(N_FIXED))
+    columns = ["method", "perturbation", "cell_type", "metric", "value", "split", "cells"]
+    return Evaluation(pd.DataFrame(records, columns=columns), skipped)
 
 
 ABLATIONS = {
@@ -269,6 +351,70 @@ def train_ablations(run, *, progress_bar: bool = True) -> dict:
     return out
 
 
+def knowledge_of(data: PerturbationData):
+    """The knowledge baselines read, as two functions over the data's perturbation labels:
+    ``features(perturbations)`` (GO-term indicators over the terms two or more of the data's
+    perturbations share: one fixed set of columns) and ``similarity(p, others)`` (Jaccard
+    of GO terms); and the `knowledge.Knowledge` itself."""
+    from . import knowledge
+
+    labels = sorted({c.perturbation for c in data.conditions})
+    know = knowledge.for_genes(data.genes, labels)
+    table = know.features(labels)
+    row = {p: i for i, p in enumerate(labels)}
+
+    def features(perturbations: list[str]) -> np.ndarray:
+        return table[[row[p] for p in perturbations]]
+
+    def similarity(perturbation: str, others) -> np.ndarray:
+        return know.similarity([perturbation], list(others))[0]
+
+    return features, similarity, know
+
+
+def baseline_predictors(
+    data: PerturbationData, split: str = TEST, *, seed: int = 0
+) -> tuple[dict[str, Predictor], dict]:
+    """The simple baselines and their settings: ``control``, ``mean_shift``,
+    ``pooled_perturbed``, ``additive``, ``linear`` and ``nearest`` (`baselines`).
+
+    The settings of ``linear`` and ``nearest`` are chosen on the validation conditions,
+    predicted from the training ones (`baselines.tune`, by median e_distance); for the test
+    split the baselines then learn from the validation conditions too, as the model's
+    post-hoc fits do."""
+    from . import baselines
+
+    features, similarity, _ = knowledge_of(data)
+
+    def e_distance(pred, obs, ctrl):
+        return metrics.e_distance(pred, obs)
+
+    settings = {
+        "linear": baselines.tune(
+            data,
+            "linear",
+            lambda **kw: baselines.linear_predictor(data, features, **kw),
+            metric=e_distance,
+        )[0],
+        "nearest": baselines.tune(
+            data,
+            "nearest",
+            lambda **kw: baselines.nearest_predictor(data, similarity, seed=seed, **kw),
+            metric=e_distance,
+        )[0],
+    }
+    learn = data.with_validation_trained() if split == TEST else data
+    predictors: dict[str, Predictor] = {
+        "control": lambda cond: learn.x[cond.control],
+        "mean_shift": mean_shift_predictor(learn),
+        "pooled_perturbed": pooled_perturbed_predictor(learn),
+        "additive": baselines.additive_predictor(learn),
+        "linear": baselines.linear_predictor(learn, features, **settings["linear"]),
+        "nearest": baselines.nearest_predictor(learn, similarity, seed=seed, **settings["nearest"]),
+    }
+    return predictors, settings
+
+
 def run_predictors(
     run,
     *,
@@ -277,22 +423,23 @@ def run_predictors(
     steps: int | None = None,
     device: str = "cpu",
     progress: bool = True,
-) -> dict[str, Predictor]:
-    """Departures, the baselines and (optionally) the ablations of ``run``, by method name."""
+    split: str = TEST,
+) -> tuple[dict[str, Predictor], dict]:
+    """Departures, the baselines and (optionally) the ablations of ``run``, by method name;
+    and the baselines' settings (`baseline_predictors`)."""
     if steps is not None and steps < 1:
         from .errors import ConfigError
 
         raise ConfigError(f"--steps must be >= 1, got {steps}.")
-    predictors: dict[str, Predictor] = {
+    baselines, settings = baseline_predictors(run.data, split, seed=seed)
+    predictors = {
         "departures": model_predictor(run, seed=seed, steps=steps, device=device),
-        "control": lambda cond: run.data.x[cond.control],
-        "mean_shift": mean_shift_predictor(run.data),
-        "pooled_perturbed": pooled_perturbed_predictor(run.data),
+        **baselines,
     }
     if ablations:
         for name, ablated in train_ablations(run, progress_bar=progress).items():
             predictors[name] = model_predictor(ablated, seed=seed, steps=steps, device=device)
-    return predictors
+    return predictors, settings
 
 
 def evaluate_run(
@@ -306,26 +453,37 @@ def evaluate_run(
     cell_eval: bool = False,
     threads: int = 1,
 ) -> Evaluation:
-    """Departures, the baselines and (optionally) the ablations on the run's held-out conditions.
+    """Departures, the baselines and (optionally) the ablations on the run's held-out (test)
+    conditions and, when the run has them, its validation conditions (``split`` column).
 
     ``cell_eval`` adds cell-eval's metrics (`celleval.METRICS` and ``vcc_score``) of the same
-    predicted cells as more rows; ``threads`` are its differential-expression threads."""
+    predicted cells of the test conditions as more rows; ``threads`` are its
+    differential-expression threads."""
     from . import celleval
 
     if cell_eval:  # first: a missing package should not cost the ablations and the sampling
         celleval.require()
-    predictors = run_predictors(
-        run, ablations=ablations, seed=seed, steps=steps, device=device, progress=progress
-    )
-    if not cell_eval:
-        return evaluate(run.data, predictors, progress=progress)
-    recorder = celleval.Recorder(predictors)
-    ev = evaluate(run.data, recorder.predictors, progress=progress)
-    extra = celleval.score(run.data, recorder, threads=threads)
-    # cell-eval's pearson_delta is ours (the correlation of the mean changes from control):
-    # one row per metric, ours, whose model mean is read off `MEAN_CELLS` cells
-    extra = extra[~extra["metric"].isin(metrics.METRIC_NAMES)]
-    return Evaluation(pd.concat([ev.metrics, extra], ignore_index=True), ev.skipped)
+    options = dict(ablations=ablations, seed=seed, steps=steps, device=device, progress=progress)
+    predictors, settings = run_predictors(run, **options)
+    frames, skipped = [], []
+    if run.data.validation_conditions():
+        val_predictors, _ = run_predictors(run, **options, split=VALIDATION)
+        ev = evaluate(run.data, val_predictors, split=VALIDATION, progress=progress, seed=seed)
+        frames.append(ev.metrics)
+        skipped += [{**s, "split": VALIDATION} for s in ev.skipped]
+    if cell_eval:
+        recorder = celleval.Recorder(predictors)
+        predictors = recorder.predictors
+    ev = evaluate(run.data, predictors, progress=progress, seed=seed)
+    frames.insert(0, ev.metrics)
+    skipped = ev.skipped + skipped
+    if cell_eval:
+        extra = celleval.score(run.data, recorder, threads=threads)
+        # cell-eval's pearson_delta is ours (the correlation of the mean changes from
+        # control): one row per metric, ours, whose model mean is read off `MEAN_CELLS` cells
+        extra = extra[~extra["metric"].isin(metrics.METRIC_NAMES)]
+        frames.append(extra.assign(split=TEST, cells=PER_CONTROL))
+    return Evaluation(pd.concat(frames, ignore_index=True), skipped, settings)
 
 
 def calibrate_run(

@@ -19,7 +19,7 @@ import pandas as pd
 from . import cache, keys, metrics
 from .data import Condition
 from .errors import ConfigError, UnknownPerturbationError
-from .evaluate import METHODS, de_genes, mean_shift_predictor
+from .evaluate import METHODS, NOISE_FLOOR, PER_CONTROL, de_genes, mean_shift_predictor
 from .model import condition_rows
 from .runs import MAX_TRAJECTORY_VALUES, simulate_from  # one memory cap, one sampler entry
 from .sample import Simulation
@@ -27,7 +27,8 @@ from .sample import Simulation
 
 def conditions_table(run) -> pd.DataFrame:
     """One row per observed condition: perturbation, cell_type, dose, n_perturbed, n_control,
-    held_out — held-out rows first, then by perturbation."""
+    held_out, validation (left out of training to fit what unseen ones are predicted with) —
+    held-out rows first, then by perturbation."""
     rows = [
         {
             "perturbation": c.perturbation,
@@ -36,12 +37,12 @@ def conditions_table(run) -> pd.DataFrame:
             "n_perturbed": int(len(c.perturbed)),
             "n_control": int(len(c.control)),
             "held_out": bool(c.held_out),
+            "validation": bool(c.validation),
         }
         for c in run.data.conditions
     ]
-    table = pd.DataFrame(
-        rows, columns=["perturbation", "cell_type", "dose", "n_perturbed", "n_control", "held_out"]
-    )
+    columns = ["perturbation", "cell_type", "dose", "n_perturbed", "n_control", "held_out"]
+    table = pd.DataFrame(rows, columns=[*columns, "validation"])
     return table.sort_values(
         ["held_out", "perturbation", "cell_type"], ascending=[False, True, True]
     ).reset_index(drop=True)
@@ -79,12 +80,13 @@ class ConditionCells:
     simulation: Simulation
     seed: int
     notice: str | None = None  # e.g. "showing N cells" when a trajectory was capped
+    validation: bool = False  # a training perturbation left out of the network's training
     request: tuple = ()  # the arguments that made it: (perturbation, cell_type, n_cells, seed,
     # steps, trajectory) as given to `condition_cells`; a cache key
 
     @property
     def label(self) -> str:
-        held = " (held out)" if self.held_out else ""
+        held = " (held out)" if self.held_out else " (validation)" if self.validation else ""
         return f"{self.perturbation} · {self.cell_type}{held}"
 
     def gene_index(self, gene: str) -> int:
@@ -157,6 +159,7 @@ def _assemble(run, cond, start, sim, seed, notice, request) -> ConditionCells:
         cell_type=cond.cell_type,
         dose=cond.dose,
         held_out=cond.held_out,
+        validation=cond.validation,
         genes=list(data.genes),
         control=data.x[cond.control],
         observed=data.x[cond.perturbed],
@@ -338,11 +341,14 @@ def condition_scores(run, cells: ConditionCells, saved: pd.DataFrame | None = No
     }
     wide = pd.DataFrame.from_dict(rows, orient="index")
     if saved is not None and len(saved):
+        # the baselines' rows (the model's 200-cell rows and the noise floor are not methods)
+        per_control = saved["cells"].astype(str) == PER_CONTROL if "cells" in saved else True
         mine = saved[
             (saved["perturbation"] == cells.perturbation)
             & (saved["cell_type"] == cells.cell_type)
-            & ~saved["method"].isin(list(rows))
+            & ~saved["method"].isin([*rows, NOISE_FLOOR])
             & saved["metric"].isin(metrics.METRIC_NAMES)
+            & per_control
         ]
         if len(mine):
             extra = mine.pivot_table(index="method", columns="metric", values="value")

@@ -19,10 +19,11 @@ import numpy as np
 import pandas as pd
 from scipy import sparse
 
+from . import paths
 from .errors import ConfigError, DataValidationError, InputFileError, KnowledgeError
 from .keys import COMBINATION_DELIMITER
 
-ASSETS = Path(__file__).resolve().parent.parent / "assets" / "knowledge"
+ASSETS = paths.ASSETS / "knowledge"
 SPECIES = ("human", "mouse")
 _VERSION = re.compile(r"\.\d+$")
 _BLOCK = 2048  # rows of `similarity` computed at once: bounds the sparse product's memory

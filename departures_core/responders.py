@@ -15,6 +15,7 @@ from .nn import UNKNOWN
 from .sample import (
     Simulation,
     draw_unchanged,
+    fresh_unchanged,
     keep_genes_unchanged,
     keep_unchanged,
     simulate_rows,
@@ -78,10 +79,12 @@ def draw(
 ) -> None:
     """Draw each condition's non-responders into ``sim`` (in place): they stay their control
     cell, with the cell type's shift of its active genes when the fit found one
-    (`calibration.shift_active`). A condition without its own fraction takes it from the
-    bridges' predicted effect (`calibration.unaffected_source`); ``sim.responders`` says
-    which and from where. Then a perturbation predicted for a cell type it was not trained
-    in keeps, gene by gene, only the changes that carry over (`transfer_genes`).
+    (`calibration.shift_active`); a non-responder whose control cell is already one of its
+    condition's is a fresh draw near it instead (`sample.fresh_unchanged`). A condition
+    without its own fraction takes it from the bridges' predicted effect
+    (`calibration.unaffected_source`); ``sim.responders`` says which and from where. Then
+    a perturbation predicted for a cell type it was not trained in keeps, gene by gene, only
+    the changes that carry over (`transfer_genes`).
     ``sources`` (the control cell each row starts from) spreads a condition's
     non-responders evenly over its control cells (`sample.draw_unchanged`). Last, given the
     model's ``vocab``, the measured genes of perturbations it was never trained on change as
@@ -93,8 +96,9 @@ def draw(
     if factors:
         sim.spread = {}
         for row, idx in groups.items():
-            factor = spread.factor_for(factors, row[1])
-            sim.spread[row] = (factor, row[1] in factors["cell_type"])
+            used = _spread_factors(fractions, row)
+            factor = spread.factor_for(used, row[1])
+            sim.spread[row] = (factor, row[1] in used["cell_type"])
             scale_bridges(sim, np.asarray(idx), factor)
     sim.responders = {}
     for row, idx in groups.items():
@@ -109,16 +113,26 @@ def draw(
     )
     x0 = np.asarray(x0, dtype=np.float32)
     shifts = fractions.get("shift") or {}
-    end = x0.copy()
+    sources = np.arange(len(rows)) if sources is None else np.asarray(sources)
+    end = fresh_unchanged(x0, keep, [np.asarray(i) for i in groups.values()], sources, seed)
     for (_, cell_type, _), idx in groups.items():
         if cell_type in shifts:
-            end[idx] = calibration.shift_active(x0[idx], shifts[cell_type])
+            end[idx] = calibration.shift_active(end[idx], shifts[cell_type])
     keep_unchanged(sim, x0, keep, end)
     sim.responders_shift = tuple(ct for (_, ct, _) in groups if ct in shifts)
     if transfer:
         transfer_genes(sim, fractions, groups, x0, end, seed, sources)
     if vocab is not None:
         set_targets(sim, fractions, groups, x0, vocab, seed)
+
+
+def _spread_factors(fractions: dict, row: tuple) -> dict:
+    """The spread factors a condition's bridges are scaled by: those of the training
+    conditions for one of them, else those of the validation conditions when the run has
+    them (a perturbation the network never saw spreads like the unseen ones did)."""
+    unseen = (fractions.get("unseen") or {}).get("spread")
+    trained = calibration.condition_key(*row) in fractions["condition"]
+    return fractions["spread"] if trained or not unseen else unseen
 
 
 def set_targets(sim: Simulation, fractions: dict, groups: dict, x0, vocab, seed: int) -> None:

@@ -256,7 +256,8 @@ def predict(
 
     ``cell_type`` None predicts in every cell type where the perturbation was observed
     (all cell types for a perturbation never observed). ``n_cells`` control cells are
-    drawn per cell type (all of them when None; with replacement when more are asked).
+    drawn per cell type (all of them when None; when more are asked, each control cell as
+    often as the others, give or take one, and repeated non-responders are fresh draws).
     The AnnData keeps the input's obs keys and var columns (`predicted`).
     """
     data, model = run.data, run.model
@@ -277,7 +278,11 @@ def predict(
         if len(ctrl) == 0:
             raise UnknownPerturbationError(f"Cell type '{ct}' has no control cells to start from.")
         n = len(ctrl) if n_cells is None else int(n_cells)
-        pick = ctrl if n == len(ctrl) else rng.choice(ctrl, n, replace=n > len(ctrl))
+        # each control cell as often as the others, give or take one: drawn with replacement,
+        # some would start many cells and others none, and only a control cell's first use
+        # is a non-responder that stays it exactly (`sample.fresh_unchanged`)
+        whole, rest = divmod(n, len(ctrl))
+        pick = np.concatenate([np.tile(ctrl, whole), rng.choice(ctrl, rest, replace=False)])
         cond = data.find(perturbation, ct)
         dose = cond.dose if cond is not None else 0.0
         starts.append(pick)
@@ -321,7 +326,8 @@ def simulate_from(
     """Simulate the run's bridges from data rows ``start`` (control cells), one condition
     ``(perturbation, cell_type, dose)`` per row. Cells drawn as non-responders (the run's
     unaffected fraction of the condition, `calibration.unaffected_for`; for a condition
-    without its own, read off the bridges' predicted effect) stay their control cell;
+    without its own, read off the bridges' predicted effect) stay their control cell, or,
+    where ``start`` repeats a control cell, a fresh draw near it (`responders.draw`);
     ``responders=False`` simulates every cell with the bridges."""
     x0 = run.data.x[start]
     sim = simulate_rows(

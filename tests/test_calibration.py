@@ -313,7 +313,11 @@ def _one_cell_type(blocks: list[np.ndarray], labels: list[str]):
     adata = ad.AnnData(np.vstack(blocks), obs=obs)
     adata.var_names = [f"g{i}" for i in range(blocks[0].shape[1])]
     cfg = DataConfig(
-        perturbation_key="pert", control="ctrl", cell_type_key="ct", holdout_fraction=0.0
+        perturbation_key="pert",
+        control="ctrl",
+        cell_type_key="ct",
+        holdout_fraction=0.0,
+        validation_fraction=0.0,
     )
     return populations(adata, cfg, seed=0)
 

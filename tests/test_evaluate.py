@@ -64,7 +64,15 @@ def test_small_conditions_are_skipped_and_listed():
     ev = evaluate.evaluate(data, {"control": lambda c: data.x[c.control]}, progress=False)
     assert {(s["perturbation"], s["cell_type"]) for s in ev.skipped} == {("Q", "A"), ("Q", "B")}
     assert set(ev.metrics["perturbation"]) == {"P"}
-    assert list(ev.metrics.columns) == ["method", "perturbation", "cell_type", "metric", "value"]
+    assert list(ev.metrics.columns) == [
+        "method",
+        "perturbation",
+        "cell_type",
+        "metric",
+        "value",
+        "split",
+        "cells",
+    ]
 
 
 def test_ablation_config_pins_the_split_and_flips_one_switch():
@@ -79,16 +87,27 @@ def test_ablation_config_pins_the_split_and_flips_one_switch():
 
 def test_evaluate_run_scores_every_heldout_condition(run):
     ev = evaluate.evaluate_run(run, steps=5, progress=False)
-    assert set(ev.metrics["method"]) == {"departures", "control", "mean_shift", "pooled_perturbed"}
+    baselines = {"control", "mean_shift", "pooled_perturbed", "additive", "linear", "nearest"}
+    assert set(ev.metrics["method"]) == {"departures", evaluate.NOISE_FLOOR} | baselines
+    test = ev.metrics[ev.metrics["split"] == evaluate.TEST]
     scored = {
         (c.perturbation, c.cell_type)
         for c in run.data.heldout_conditions()
         if len(c.perturbed) >= evaluate.MIN_CELLS
     }
-    got = set(zip(ev.metrics["perturbation"], ev.metrics["cell_type"], strict=True))
+    got = set(zip(test["perturbation"], test["cell_type"], strict=True))
     assert got == scored
-    per = ev.metrics.groupby(["method", "perturbation", "cell_type"])["metric"].nunique()
+    per_control = test[(test["cells"] == evaluate.PER_CONTROL) & (test["method"] != "noise_floor")]
+    per = per_control.groupby(["method", "perturbation", "cell_type"])["metric"].nunique()
     assert (per == len(metrics.METRIC_NAMES)).all()
+    # the model is also scored on 200 predicted cells; the baselines at their own size
+    fixed = test[test["cells"] == str(evaluate.N_FIXED)]
+    assert set(fixed["method"]) == {"departures"}
+    # the validation conditions are scored apart, never mixed into the reported numbers
+    validation = ev.metrics[ev.metrics["split"] == evaluate.VALIDATION]
+    assert set(validation["perturbation"]) == set(run.model.split.validation)
+    assert not set(validation["perturbation"]) & set(test["perturbation"])
+    assert set(ev.settings) == {"linear", "nearest"}
     summary = ev.summary()
     assert summary["control"]["e_distance"]["median"] > 0
     # The control baseline's activation PCC with itself as a prediction is high but not 1.

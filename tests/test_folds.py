@@ -74,7 +74,7 @@ def test_no_test_perturbation_reaches_training_or_the_post_hoc_fit(prepared):
 
         seen = []
 
-        def spy(cond, rows):
+        def spy(cond, rows, data=data, seen=seen):
             seen.append(cond)
             return data.x[rows]
 

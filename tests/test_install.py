@@ -70,7 +70,8 @@ from departures_core import demo, embedding, io, paths, registry
 sys.path.insert(0, str(paths.APP_ROOT))  # what app/Home.py does to import `app`
 from app import state
 files = [io.DEMO_PATH, embedding.DEMO_EMBEDDING, demo.DEMO_RUN / "model.pt", paths.HOME,
-         state.PAGES_DIR / "home.py", paths.STREAMLIT_CONFIG]
+         state.PAGES_DIR / "home.py", paths.STREAMLIT_CONFIG,
+         paths.ASSETS / "knowledge" / "human_go.tsv.gz"]
 print(json.dumps({
     "package": departures_core.__file__, "installed": paths.INSTALLED,
     "missing": [str(f) for f in files if not f.is_file()],

@@ -46,7 +46,9 @@ def test_the_fit_learns_what_a_screen_does_to_its_own_genes():
     rng = np.random.default_rng(0)
     data = populations(
         _screen(rng, cells=200),
-        DataConfig(perturbation_key="pert", cell_type_key="ct", holdout=["G6"]),
+        DataConfig(
+            perturbation_key="pert", cell_type_key="ct", holdout=["G6"], validation_fraction=0.0
+        ),
         seed=0,
     )
     fitted = targets.fit(data)
@@ -73,7 +75,11 @@ def test_a_screen_with_too_few_measured_targets_learns_nothing():
     adata = _screen(rng)
     adata.obs["pert"] = adata.obs["pert"].replace({"G0": "X0", "G1": "X1", "G2": "X2", "G3": "X3"})
     data = populations(
-        adata, DataConfig(perturbation_key="pert", cell_type_key="ct", holdout=["G6"]), seed=0
+        adata,
+        DataConfig(
+            perturbation_key="pert", cell_type_key="ct", holdout=["G6"], validation_fraction=0.0
+        ),
+        seed=0,
     )
     assert targets.fit(data) is None  # G4 and G5: two measured targets
 
@@ -83,7 +89,9 @@ def screen_run(tmp_path_factory):
     """A tiny model trained on the screen with the knock-out of G6 held out."""
     config = RunConfig(
         seed=0,
-        data=DataConfig(perturbation_key="pert", cell_type_key="ct", holdout=["G6"]),
+        data=DataConfig(
+            perturbation_key="pert", cell_type_key="ct", holdout=["G6"], validation_fraction=0.0
+        ),
         model=ModelConfig(hidden=64, cond_dim=32),
         train=TrainConfig(epochs=3, batch_size=128, device="cpu"),
     )
