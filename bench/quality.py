@@ -154,6 +154,13 @@ def main() -> None:
         print(f"\n## {name}: {len(n_test)} test conditions in {args.folds} folds", end="")
         print(f" (training {sum(times[name]):.0f} s in all)\n")
         print(report.markdown(part))
+        print(f"\n### {name}: validation (where settings are chosen), cells per_control\n")
+        valid = report.medians(part, split="validation")
+        print(report.pipe(report.median_table(valid.drop(columns="dataset"), report.KEY_METRICS)))
+        fixed = report.medians(part, cells="200")
+        fixed = fixed[fixed["method"] == "departures"].assign(method="departures, 200 cells")
+        print(f"\n### {name}: test, Departures asked for 200 cells\n")
+        print(report.pipe(report.median_table(fixed.drop(columns="dataset"), report.KEY_METRICS)))
 
 
 if __name__ == "__main__":

@@ -364,7 +364,7 @@ def wins_table(table: pd.DataFrame, metrics=None, *, effect: str = "all") -> pd.
     return wide.rename(columns=arrow).rename_axis(columns=None)
 
 
-def _pipe(table: pd.DataFrame) -> str:
+def pipe(table: pd.DataFrame) -> str:
     head = [*table.index.names, *table.columns]
     lines = ["| " + " | ".join(map(str, head)) + " |", "|" + "---|" * len(head)]
     for key, row in table.iterrows():
@@ -393,9 +393,9 @@ def markdown(
     for name in meds["dataset"].unique() if "dataset" in meds else [None]:
         sub = meds if name is None else meds[meds["dataset"] == name].drop(columns="dataset")
         title = f"### {name or 'Evaluation'}: {split}, cells {cells}"
-        out += [title, "", _pipe(median_table(sub, metrics)), "", note, ""]
+        out += [title, "", pipe(median_table(sub, metrics)), "", note, ""]
     for effect in EFFECTS:
         if (pairs["effect"] == effect).any():
             title = f"### {method}: wins/ties/losses (Wilcoxon p), {effect} effects"
-            out += [title, "", _pipe(wins_table(pairs, metrics, effect=effect)), ""]
+            out += [title, "", pipe(wins_table(pairs, metrics, effect=effect)), ""]
     return "\n".join(out)

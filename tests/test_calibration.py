@@ -47,7 +47,12 @@ def calibrated_run(tmp_path_factory, null_demo):
     """A default-size run of the demo with a null condition, 1,500 steps (the default is
     4,000): about a minute on 2 cores."""
     cfg = RunConfig(
-        data=DataConfig(cell_type_key="cell_type", holdout=("KLF1", "MAPK1")),
+        # validation: K562-only singles, so that MAP2K3 is trained in all four cell types
+        data=DataConfig(
+            cell_type_key="cell_type",
+            holdout=("KLF1", "MAPK1"),
+            validation=("FOXO4", "HK2", "MIDN", "SLC38A2", "TMSB4X"),
+        ),
         train=TrainConfig(steps=1500, device="cpu"),
     )
     run_dir = tmp_path_factory.mktemp("calibrated") / "run"
@@ -449,7 +454,11 @@ def _screen_in_cell_types(levels: dict[str, float], changes: dict[str, list[floa
     adata = ad.AnnData(np.vstack(rows).astype(np.float32), obs=frame)
     adata.var_names = [f"g{i}" for i in range(4)]
     cfg = DataConfig(
-        perturbation_key="pert", control="ctrl", cell_type_key="ct", holdout_cell_types=("held",)
+        perturbation_key="pert",
+        control="ctrl",
+        cell_type_key="ct",
+        holdout_cell_types=("held",),
+        validation_fraction=0.0,
     )
     return populations(adata, cfg, seed=0)
 
@@ -600,8 +609,18 @@ def test_evaluate_command_writes_the_calibration_report(calibrated_run, tmp_path
     assert list(table.columns) == list(calibration.COLUMNS)
     assert "calibration" in proc.stdout and "train_null" in proc.stdout
     frame = pd.read_csv(out / "metrics.csv")
-    assert list(frame.columns) == ["method", "perturbation", "cell_type", "metric", "value"]
-    assert set(frame["method"]) == {"departures", "control", "mean_shift", "pooled_perturbed"}
+    assert list(frame.columns) == [
+        "method",
+        "perturbation",
+        "cell_type",
+        "metric",
+        "value",
+        "split",
+        "cells",
+    ]
+    baselines = {"control", "mean_shift", "pooled_perturbed", "additive", "linear", "nearest"}
+    assert set(frame["method"]) == {"departures", "noise_floor", *baselines}
+    assert set(frame["split"]) == {"test", "validation"}  # the run has validation perturbations
     summary = json.loads((out / "summary.json").read_text())
     assert set(summary["summary"]["departures"]["e_distance"]) == {"mean", "median", "n"}
     assert "departures" in proc.stdout and "e_distance" in proc.stdout

@@ -105,11 +105,20 @@ def test_cli_evaluate_cell_eval_adds_the_vcc_metrics_to_metrics_csv(tmp_path, ca
     assert cli.main([*argv, "--device", "cpu"]) == 0
     printed = capsys.readouterr()
     frame = pd.read_csv(out / "metrics.csv")
-    assert list(frame.columns) == ["method", "perturbation", "cell_type", "metric", "value"]
+    assert list(frame.columns) == [
+        "method",
+        "perturbation",
+        "cell_type",
+        "metric",
+        "value",
+        "split",
+        "cells",
+    ]
     methods = {"departures", "control", "mean_shift", "pooled_perturbed"}
+    methods |= {"additive", "linear", "nearest"}
     conditions = set(zip(frame["perturbation"], frame["cell_type"], strict=True))
     for metric in (*celleval.METRICS, celleval.VCC_SCORE, "e_distance"):
-        rows = frame[frame["metric"] == metric]
+        rows = frame[(frame["metric"] == metric) & (frame["method"] != "noise_floor")]
         assert set(rows["method"]) == methods, metric
         for method in methods:
             mine = rows[rows["method"] == method]
