@@ -38,6 +38,8 @@ TEST, VALIDATION = "test", "validation"
 PER_CONTROL = "per_control"  # one predicted cell per observed control cell
 N_FIXED = 200  # the other sample size scored: what a user asking for 200 cells gets
 NOISE_FLOOR = "noise_floor"  # e_distance between two halves of the observed cells
+# the long format of ``eval/metrics.csv``
+COLUMNS = ("method", "perturbation", "cell_type", "metric", "value", "split", "cells")
 
 
 @dataclass
@@ -309,8 +311,7 @@ def evaluate(
             add(method, cond, score(pred.cells, means_from=pred.more))
             if pred.fixed is not None:
                 add(method, cond, score(pred.fixed), cells=str(N_FIXED))
-    columns = ["method", "perturbation", "cell_type", "metric", "value", "split", "cells"]
-    return Evaluation(pd.DataFrame(records, columns=columns), skipped)
+    return Evaluation(pd.DataFrame(records, columns=list(COLUMNS)), skipped)
 
 
 ABLATIONS = {

@@ -609,15 +609,7 @@ def test_evaluate_command_writes_the_calibration_report(calibrated_run, tmp_path
     assert list(table.columns) == list(calibration.COLUMNS)
     assert "calibration" in proc.stdout and "train_null" in proc.stdout
     frame = pd.read_csv(out / "metrics.csv")
-    assert list(frame.columns) == [
-        "method",
-        "perturbation",
-        "cell_type",
-        "metric",
-        "value",
-        "split",
-        "cells",
-    ]
+    assert list(frame.columns) == list(evaluate.COLUMNS)
     baselines = {"control", "mean_shift", "pooled_perturbed", "additive", "linear", "nearest"}
     assert set(frame["method"]) == {"departures", "noise_floor", *baselines}
     assert set(frame["split"]) == {"test", "validation"}  # the run has validation perturbations

@@ -105,15 +105,7 @@ def test_cli_evaluate_cell_eval_adds_the_vcc_metrics_to_metrics_csv(tmp_path, ca
     assert cli.main([*argv, "--device", "cpu"]) == 0
     printed = capsys.readouterr()
     frame = pd.read_csv(out / "metrics.csv")
-    assert list(frame.columns) == [
-        "method",
-        "perturbation",
-        "cell_type",
-        "metric",
-        "value",
-        "split",
-        "cells",
-    ]
+    assert list(frame.columns) == list(evaluate.COLUMNS)
     methods = {"departures", "control", "mean_shift", "pooled_perturbed"}
     methods |= {"additive", "linear", "nearest"}
     conditions = set(zip(frame["perturbation"], frame["cell_type"], strict=True))

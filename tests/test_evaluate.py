@@ -64,15 +64,7 @@ def test_small_conditions_are_skipped_and_listed():
     ev = evaluate.evaluate(data, {"control": lambda c: data.x[c.control]}, progress=False)
     assert {(s["perturbation"], s["cell_type"]) for s in ev.skipped} == {("Q", "A"), ("Q", "B")}
     assert set(ev.metrics["perturbation"]) == {"P"}
-    assert list(ev.metrics.columns) == [
-        "method",
-        "perturbation",
-        "cell_type",
-        "metric",
-        "value",
-        "split",
-        "cells",
-    ]
+    assert list(ev.metrics.columns) == list(evaluate.COLUMNS)
 
 
 def test_ablation_config_pins_the_split_and_flips_one_switch():
