@@ -123,6 +123,11 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="also train and score random_pairing and no_discrete",
     )
+    e.add_argument(
+        "--knowledge",
+        help="a gene graph (gene_a,gene_b[,weight]) or gene-embedding table (gene,dim_1,...) "
+        "CSV for the linear and nearest baselines (default: the shipped Gene Ontology table)",
+    )
     e.add_argument("--steps", type=int, help="sampling steps (default: the run's, 50)")
     e.add_argument("--seed", type=int, default=0)
     e.add_argument("--device", default="auto")
@@ -300,10 +305,18 @@ def _evaluate(args) -> None:
         device=str(resolve_device(args.device)),
         cell_eval=args.cell_eval,
         threads=threads_for(0),
+        knowledge=args.knowledge,
     )
     out = Path(args.out) if args.out else Path(args.run_dir) / "eval"
     ev.save(out)
     print(ev.table().to_string(float_format=lambda v: f"{v:.4f}"))
+    known = ev.settings.get("knowledge", {})
+    if known.get("unknown"):
+        print(
+            f"no prior knowledge in {known['source']} of: {', '.join(known['unknown'])} "
+            "(the linear and nearest baselines treat them as average perturbations)",
+            file=sys.stderr,
+        )
     if args.cell_eval:
         from .celleval import vcc_summary
 

@@ -352,15 +352,19 @@ def train_ablations(run, *, progress_bar: bool = True) -> dict:
     return out
 
 
-def knowledge_of(data: PerturbationData):
+def knowledge_of(data: PerturbationData, source=None):
     """The knowledge baselines read, as two functions over the data's perturbation labels:
     ``features(perturbations)`` (GO-term indicators over the terms two or more of the data's
     perturbations share: one fixed set of columns) and ``similarity(p, others)`` (Jaccard
-    of GO terms); and the `knowledge.Knowledge` itself."""
+    of GO terms); and the `knowledge.Knowledge` itself. ``source``: a user's gene graph or
+    embedding table (CSV, `knowledge.from_csv`) instead of the shipped GO table."""
     from . import knowledge
 
     labels = sorted({c.perturbation for c in data.conditions})
-    know = knowledge.for_genes(data.genes, labels)
+    if source is not None:
+        know = knowledge.from_csv(source)
+    else:
+        know = knowledge.for_genes(data.genes, labels)
     table = know.features(labels)
     row = {p: i for i, p in enumerate(labels)}
 
@@ -374,7 +378,7 @@ def knowledge_of(data: PerturbationData):
 
 
 def baseline_predictors(
-    data: PerturbationData, split: str = TEST, *, seed: int = 0
+    data: PerturbationData, split: str = TEST, *, seed: int = 0, knowledge=None
 ) -> tuple[dict[str, Predictor], dict]:
     """The simple baselines and their settings: ``control``, ``mean_shift``,
     ``pooled_perturbed``, ``additive``, ``linear`` and ``nearest`` (`baselines`).
@@ -382,10 +386,11 @@ def baseline_predictors(
     The settings of ``linear`` and ``nearest`` are chosen on the validation conditions,
     predicted from the training ones (`baselines.tune`, by median e_distance); for the test
     split the baselines then learn from the validation conditions too, as the model's
-    post-hoc fits do."""
+    post-hoc fits do. ``knowledge``: a user's CSV (`knowledge_of`). The settings also say
+    which knowledge was read and which perturbed genes it does not know."""
     from . import baselines
 
-    features, similarity, _ = knowledge_of(data)
+    features, similarity, know = knowledge_of(data, knowledge)
 
     def e_distance(pred, obs, ctrl):
         return metrics.e_distance(pred, obs)
@@ -403,6 +408,10 @@ def baseline_predictors(
             lambda **kw: baselines.nearest_predictor(data, similarity, seed=seed, **kw),
             metric=e_distance,
         )[0],
+        "knowledge": {
+            "source": know.source,
+            "unknown": know.unknown(sorted({c.perturbation for c in data.conditions})),
+        },
     }
     learn = data.with_validation_trained() if split == TEST else data
     predictors: dict[str, Predictor] = {
@@ -425,6 +434,7 @@ def run_predictors(
     device: str = "cpu",
     progress: bool = True,
     split: str = TEST,
+    knowledge=None,
 ) -> tuple[dict[str, Predictor], dict]:
     """Departures, the baselines and (optionally) the ablations of ``run``, by method name;
     and the baselines' settings (`baseline_predictors`)."""
@@ -432,7 +442,7 @@ def run_predictors(
         from .errors import ConfigError
 
         raise ConfigError(f"--steps must be >= 1, got {steps}.")
-    baselines, settings = baseline_predictors(run.data, split, seed=seed)
+    baselines, settings = baseline_predictors(run.data, split, seed=seed, knowledge=knowledge)
     predictors = {
         "departures": model_predictor(run, seed=seed, steps=steps, device=device),
         **baselines,
@@ -453,18 +463,27 @@ def evaluate_run(
     progress: bool = True,
     cell_eval: bool = False,
     threads: int = 1,
+    knowledge=None,
 ) -> Evaluation:
     """Departures, the baselines and (optionally) the ablations on the run's held-out (test)
     conditions and, when the run has them, its validation conditions (``split`` column).
 
     ``cell_eval`` adds cell-eval's metrics (`celleval.METRICS` and ``vcc_score``) of the same
     predicted cells of the test conditions as more rows; ``threads`` are its
-    differential-expression threads."""
+    differential-expression threads. ``knowledge``: a gene graph or embedding table (CSV)
+    for the `linear` and `nearest` baselines instead of the shipped GO table."""
     from . import celleval
 
     if cell_eval:  # first: a missing package should not cost the ablations and the sampling
         celleval.require()
-    options = dict(ablations=ablations, seed=seed, steps=steps, device=device, progress=progress)
+    options = dict(
+        ablations=ablations,
+        seed=seed,
+        steps=steps,
+        device=device,
+        progress=progress,
+        knowledge=knowledge,
+    )
     predictors, settings = run_predictors(run, **options)
     frames, skipped = [], []
     if run.data.validation_conditions():

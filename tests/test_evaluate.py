@@ -122,3 +122,19 @@ def test_the_model_is_scored_on_its_control_cells_and_its_mean_on_more(run):
     assert out.more.shape == (2 * n, run.data.x.shape[1])
     alone = evaluate.model_predictor(run, steps=3, mean_cells=0)(cond)
     np.testing.assert_array_equal(alone, out.cells)  # the same seed, the same cells
+
+
+def test_a_users_gene_graph_replaces_the_go_table_for_the_baselines(tmp_path):
+    """``evaluate --knowledge FILE``: the nearest baseline follows the user's edges, and
+    the genes the file does not know are named."""
+    cfg = DataConfig(perturbation_key="pert", control="ctrl", cell_type_key="ct", holdout=("Q",))
+    data = populations(_synthetic(), cfg, seed=0)
+    graph = tmp_path / "graph.csv"
+    graph.write_text("gene_a,gene_b,weight\nQ,P,1.0\n")
+    predictors, settings = evaluate.baseline_predictors(data, knowledge=graph)
+    assert settings["knowledge"]["source"].endswith("graph.csv")
+    assert settings["knowledge"]["unknown"] == ["R"]
+    nearest = evaluate.baseline_predictors(data, knowledge=graph)[0]["nearest"]
+    cond = data.find("Q", "A")
+    weights = dict(zip(*nearest.weights(cond), strict=True))
+    assert weights["P"] > weights["R"]  # Q's only neighbour in the graph
