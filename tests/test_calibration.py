@@ -626,6 +626,10 @@ def test_evaluate_command_writes_the_calibration_report(calibrated_run, tmp_path
         "transfer",
         "spread",
         "target",
+        "unseen",  # the validation conditions' fit, for conditions the network never saw
+    }
+    assert set(fractions["unseen"]["condition"]) == {
+        f"{p}|k562|0" for p in ("FOXO4", "HK2", "MIDN", "SLC38A2", "TMSB4X")
     }
     assert fractions["target"] is None  # one perturbed gene (TMSB4X) is measured in the demo
     assert 0.5 < fractions["spread"]["cell_type"]["k562"] < 2.0

@@ -99,7 +99,8 @@ def test_evaluate_run_scores_every_heldout_condition(run):
     validation = ev.metrics[ev.metrics["split"] == evaluate.VALIDATION]
     assert set(validation["perturbation"]) == set(run.model.split.validation)
     assert not set(validation["perturbation"]) & set(test["perturbation"])
-    assert set(ev.settings) == {"linear", "nearest"}
+    assert set(ev.settings) == {"linear", "nearest", "knowledge"}
+    assert ev.settings["knowledge"]["unknown"] == ["IER5L"]  # no GO annotation in the table
     summary = ev.summary()
     assert summary["control"]["e_distance"]["median"] > 0
     # The control baseline's activation PCC with itself as a prediction is high but not 1.
