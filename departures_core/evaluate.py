@@ -12,7 +12,13 @@ import anndata as ad
 import numpy as np
 import pandas as pd
 
-from . import metrics
+from . import diagnostics, metrics
+from .baseline_set import (  # noqa: F401  (explore and the tests call them from here)
+    TEST,
+    baseline_predictors,
+    mean_shift_predictor,
+    pooled_perturbed_predictor,
+)
 from .data import Condition, PerturbationData
 from .model import atomic_write_text, condition_rows
 
@@ -34,7 +40,7 @@ VCC_COLUMNS = ("overlap_at_N", "discrimination_score_l1", "mae", "vcc_score")
 Predictor = Callable[[Condition], np.ndarray]
 
 
-TEST, VALIDATION = "test", "validation"
+VALIDATION = "validation"  # `TEST` (from `baseline_set`): the held-out conditions
 PER_CONTROL = "per_control"  # one predicted cell per observed control cell
 N_FIXED = 200  # the other sample size scored: what a user asking for 200 cells gets
 NOISE_FLOOR = "noise_floor"  # e_distance between two halves of the observed cells
@@ -105,42 +111,6 @@ class Evaluation:
         from . import report
 
         report.write(self.metrics, out_dir)
-
-
-def mean_shift_predictor(data: PerturbationData) -> Predictor:
-    """Control + the perturbation's own mean shift if it was seen in training (in another
-    cell type), else the mean shift over training conditions of the same cell type (all
-    training conditions when that cell type has none)."""
-    shifts = {
-        (c.perturbation, c.cell_type): data.x.mean(c.perturbed) - data.x.mean(c.control)
-        for c in data.train_conditions()
-    }
-
-    def predict(cond: Condition) -> np.ndarray:
-        own = [s for (p, _), s in shifts.items() if p == cond.perturbation]
-        same_ct = [s for (_, ct), s in shifts.items() if ct == cond.cell_type]
-        pool = own or same_ct or list(shifts.values())
-        return data.x[cond.control] + np.mean(pool, axis=0)
-
-    return predict
-
-
-def pooled_perturbed_predictor(data: PerturbationData, max_cells: int = 2000) -> Predictor:
-    """All perturbed cells of the training conditions of the same cell type, pooled (all
-    training conditions when that cell type has none); at most ``max_cells`` of them, drawn
-    once with a fixed seed. It is what "a perturbed cell of this cell type" looks like."""
-    rng = np.random.default_rng(0)
-    train = data.train_conditions()
-    everyone = np.concatenate([c.perturbed for c in train])
-
-    def predict(cond: Condition) -> np.ndarray:
-        same_ct = [c.perturbed for c in train if c.cell_type == cond.cell_type]
-        pool = np.concatenate(same_ct) if same_ct else everyone
-        if len(pool) > max_cells:
-            pool = np.sort(rng.choice(pool, max_cells, replace=False))
-        return data.x[pool]
-
-    return predict
 
 
 # A generative model's prediction is a distribution: the distances compare one predicted
@@ -223,16 +193,6 @@ def de_genes(data: PerturbationData, cond: Condition, n: int = 40) -> list[str]:
     return metrics.top_de_genes(sub, groupby="group", group="perturbed", reference="control", n=n)
 
 
-def noise_floor(obs: np.ndarray, seed: int = 0) -> float:
-    """The e_distance between two random halves of the observed cells: how far apart two
-    samples of the very same condition are; a prediction cannot be told from the truth
-    below about this."""
-    rng = np.random.default_rng([seed, 17])
-    order = rng.permutation(len(obs))
-    half = len(obs) // 2
-    return metrics.e_distance(obs[order[:half]], obs[order[half : 2 * half]])
-
-
 def pooled_means(data: PerturbationData) -> dict[str, np.ndarray]:
     """Per cell type, the mean of its training conditions' perturbed cells (all training
     conditions for a cell type with none): the reference `pearson_delta_pooled` centres on."""
@@ -303,7 +263,8 @@ def evaluate(
             de_genes=top,
             pooled=pooled.get(cond.cell_type),
         )
-        add(NOISE_FLOOR, cond, {"e_distance": noise_floor(obs, seed)})
+        floor = diagnostics.noise_floor(obs, np.random.default_rng([seed, 17]))
+        add(NOISE_FLOOR, cond, {"e_distance": floor})
         for method, predict in predictors.items():
             pred = predict(cond)
             if not isinstance(pred, Predicted):
@@ -352,79 +313,6 @@ def train_ablations(run, *, progress_bar: bool = True) -> dict:
     return out
 
 
-def knowledge_of(data: PerturbationData, source=None):
-    """The knowledge baselines read, as two functions over the data's perturbation labels:
-    ``features(perturbations)`` (GO-term indicators over the terms two or more of the data's
-    perturbations share: one fixed set of columns) and ``similarity(p, others)`` (Jaccard
-    of GO terms); and the `knowledge.Knowledge` itself. ``source``: a user's gene graph or
-    embedding table (CSV, `knowledge.from_csv`) instead of the shipped GO table."""
-    from . import knowledge
-
-    labels = sorted({c.perturbation for c in data.conditions})
-    if source is not None:
-        know = knowledge.from_csv(source)
-    else:
-        know = knowledge.for_genes(data.genes, labels)
-    table = know.features(labels)
-    row = {p: i for i, p in enumerate(labels)}
-
-    def features(perturbations: list[str]) -> np.ndarray:
-        return table[[row[p] for p in perturbations]]
-
-    def similarity(perturbation: str, others) -> np.ndarray:
-        return know.similarity([perturbation], list(others))[0]
-
-    return features, similarity, know
-
-
-def baseline_predictors(
-    data: PerturbationData, split: str = TEST, *, seed: int = 0, knowledge=None
-) -> tuple[dict[str, Predictor], dict]:
-    """The simple baselines and their settings: ``control``, ``mean_shift``,
-    ``pooled_perturbed``, ``additive``, ``linear`` and ``nearest`` (`baselines`).
-
-    The settings of ``linear`` and ``nearest`` are chosen on the validation conditions,
-    predicted from the training ones (`baselines.tune`, by median e_distance); for the test
-    split the baselines then learn from the validation conditions too, as the model's
-    post-hoc fits do. ``knowledge``: a user's CSV (`knowledge_of`). The settings also say
-    which knowledge was read and which perturbed genes it does not know."""
-    from . import baselines
-
-    features, similarity, know = knowledge_of(data, knowledge)
-
-    def e_distance(pred, obs, ctrl):
-        return metrics.e_distance(pred, obs)
-
-    settings = {
-        "linear": baselines.tune(
-            data,
-            "linear",
-            lambda **kw: baselines.linear_predictor(data, features, **kw),
-            metric=e_distance,
-        )[0],
-        "nearest": baselines.tune(
-            data,
-            "nearest",
-            lambda **kw: baselines.nearest_predictor(data, similarity, seed=seed, **kw),
-            metric=e_distance,
-        )[0],
-        "knowledge": {
-            "source": know.source,
-            "unknown": know.unknown(sorted({c.perturbation for c in data.conditions})),
-        },
-    }
-    learn = data.with_validation_trained() if split == TEST else data
-    predictors: dict[str, Predictor] = {
-        "control": lambda cond: learn.x[cond.control],
-        "mean_shift": mean_shift_predictor(learn),
-        "pooled_perturbed": pooled_perturbed_predictor(learn),
-        "additive": baselines.additive_predictor(learn),
-        "linear": baselines.linear_predictor(learn, features, **settings["linear"]),
-        "nearest": baselines.nearest_predictor(learn, similarity, seed=seed, **settings["nearest"]),
-    }
-    return predictors, settings
-
-
 def run_predictors(
     run,
     *,
@@ -435,14 +323,17 @@ def run_predictors(
     progress: bool = True,
     split: str = TEST,
     knowledge=None,
+    settings: dict | None = None,
 ) -> tuple[dict[str, Predictor], dict]:
     """Departures, the baselines and (optionally) the ablations of ``run``, by method name;
-    and the baselines' settings (`baseline_predictors`)."""
+    and the baselines' settings (`baseline_predictors`; ``settings`` reuses them)."""
     if steps is not None and steps < 1:
         from .errors import ConfigError
 
         raise ConfigError(f"--steps must be >= 1, got {steps}.")
-    baselines, settings = baseline_predictors(run.data, split, seed=seed, knowledge=knowledge)
+    baselines, settings = baseline_predictors(
+        run.data, split, seed=seed, knowledge=knowledge, settings=settings
+    )
     predictors = {
         "departures": model_predictor(run, seed=seed, steps=steps, device=device),
         **baselines,
@@ -487,7 +378,7 @@ def evaluate_run(
     predictors, settings = run_predictors(run, **options)
     frames, skipped = [], []
     if run.data.validation_conditions():
-        val_predictors, _ = run_predictors(run, **options, split=VALIDATION)
+        val_predictors, _ = run_predictors(run, **options, split=VALIDATION, settings=settings)
         ev = evaluate(run.data, val_predictors, split=VALIDATION, progress=progress, seed=seed)
         frames.append(ev.metrics)
         skipped += [{**s, "split": VALIDATION} for s in ev.skipped]
